@@ -1,0 +1,157 @@
+"""Batches from encoded arrays: shuffled row slices gathered in numpy, no per-row Python.
+
+Each epoch draws a permutation from (seed, epoch); batch i takes rows perm[i*B:(i+1)*B] from every
+memory-mapped array with one fancy-index per array. Under data parallelism rank r of W takes
+batches r, r+W, ...; the tail is dropped so every rank runs the same number of steps. A background
+thread assembles the next batch while the model computes on the current one.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from untwine.core.batch import Batch
+from untwine.core.schema import Schema
+from untwine.data.encode import PreparedData
+
+
+@dataclass
+class SplitArrays:
+    """The memory-mapped arrays of one split."""
+
+    arrays: dict[str, np.ndarray]
+    rows: int
+
+    @classmethod
+    def open(cls, prepared: PreparedData, split: str, in_memory: bool = False) -> "SplitArrays":
+        if split not in prepared.arrays:
+            raise KeyError(f"prepared data at {prepared.root} has no split {split!r}; it has {list(prepared.arrays)}")
+        arrays = {}
+        for name, info in prepared.arrays[split].items():
+            path = Path(prepared.root) / split / f"{name}.bin"
+            shape = tuple(info["shape"])
+            if shape[0] == 0:
+                arrays[name] = np.zeros(shape, dtype=info["dtype"])
+                continue
+            arr = np.memmap(path, dtype=np.dtype(info["dtype"]), mode="r", shape=shape)
+            arrays[name] = np.array(arr) if in_memory else arr
+        return cls(arrays=arrays, rows=prepared.rows[split])
+
+
+def column_index(schema: Schema) -> dict[str, tuple[str, int]]:
+    cols = {f.name: ("categorical", j) for j, f in enumerate(schema.categorical)}
+    cols.update({f.name: ("numeric", j) for j, f in enumerate(schema.numeric)})
+    return cols
+
+
+def make_batch(data: SplitArrays, rows: np.ndarray | slice, columns: dict[str, tuple[str, int]]) -> Batch:
+    """Gather ``rows`` from every array into a Batch of tensors."""
+    def take(a: np.ndarray) -> np.ndarray:
+        return a[rows]
+
+    def ids(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(take(a).astype(np.int64))
+
+    def floats(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(take(a)))
+
+    arr = data.arrays
+    b = Batch(columns=columns)
+    if "categorical" in arr:
+        b.categorical = ids(arr["categorical"])
+    if "numeric" in arr:
+        b.numeric = floats(arr["numeric"])
+        b.numeric_raw = floats(arr["numeric_raw"])
+    for name, a in arr.items():
+        if name.startswith("multi."):
+            b.multi[name[6:]] = ids(a)
+        elif name.startswith("seq."):
+            b.seq[name[4:]] = ids(a)
+        elif name.startswith("vec."):
+            b.vectors[name[4:]] = floats(a)
+    b.labels = floats(arr["labels"])
+    if "label_mask" in arr:
+        b.label_mask = floats(arr["label_mask"])
+    if "weights" in arr:
+        b.weights = floats(arr["weights"])
+    if "groups" in arr:
+        b.groups = torch.from_numpy(np.ascontiguousarray(take(arr["groups"])))
+    return b
+
+
+class BatchLoader:
+    """Iterates a split in batches; ``shuffle`` for training, sequential for evaluation."""
+
+    def __init__(self, data: SplitArrays, schema: Schema, batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, prefetch: int = 2, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.rank, self.world_size, self.prefetch = rank, world_size, prefetch
+        self.drop_last = drop_last
+        self.columns = column_index(schema)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batch_rows(self) -> list[np.ndarray | slice]:
+        n, bs = self.data.rows, self.batch_size
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            # sorted indices inside a batch read memory-mapped pages in order; the set is what matters
+            starts = range(0, n - bs + 1 if self.drop_last else n, bs)
+            parts = [np.sort(perm[s:s + bs]) for s in starts]
+        else:
+            stop = n - bs + 1 if self.drop_last else n
+            parts = [slice(s, min(s + bs, n)) for s in range(0, max(stop, 0), bs)]
+        if self.world_size > 1:
+            usable = len(parts) - len(parts) % self.world_size if self.shuffle else len(parts)
+            parts = parts[self.rank:usable:self.world_size]
+        return parts
+
+    def __len__(self) -> int:
+        return len(self._batch_rows())
+
+    def __iter__(self) -> Iterator[Batch]:
+        parts = self._batch_rows()
+        if self.prefetch <= 0:
+            for rows in parts:
+                yield make_batch(self.data, rows, self.columns)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                for rows in parts:
+                    if stop.is_set():
+                        return
+                    q.put(make_batch(self.data, rows, self.columns))
+                q.put(None)
+            except BaseException as e:  # surfaced in the consumer
+                q.put(e)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while t.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    t.join(timeout=0.05)
