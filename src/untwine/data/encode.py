@@ -343,28 +343,9 @@ def prepare(spec: DatasetSpec, cache_dir: Path | None = None, on_bad_rows: OnBad
                                                      for f in schema.features if f.name in vocabs or f.vocab_from},
                          numeric_stats=stats)
     rows, arrays, reports = {}, {}, {}
-    types = column_types(schema)
     for split in splits:
-        (tmp / split).mkdir()
-        writers: dict[str, _ArrayWriter] = {}
-        report = BadRowReport()
-        bar = _progress_bar(progress, f"encode {spec.name}/{split}")
-        for chunk in iter_chunks(spec, split, types, on_bad_rows, report):
-            block = _encode_chunk(chunk, schema, vocabs, stats, f"{spec.name}/{split}")
-            for key, arr in block.items():
-                if key not in writers:
-                    writers[key] = _ArrayWriter(tmp / split / f"{key}.bin", arr.dtype,
-                                                arr.shape[1] if arr.ndim == 2 else None)
-                writers[key].write(arr)
-            if bar:
-                bar.update(chunk.num_rows)
-        if bar:
-            bar.close()
-        arrays[split] = {k: w.close() for k, w in writers.items()}
-        rows[split] = next(iter(arrays[split].values()))["shape"][0] if arrays[split] else 0
-        reports[split] = {"skipped": report.total, "by_reason": dict(report.counts), "examples": report.examples}
-        if report.total:
-            log(f"{spec.name}/{split}: {report.summary()}")
+        rows[split], arrays[split], reports[split] = _encode_split(spec, split, vocabs, stats, tmp, on_bad_rows,
+                                                                   progress, log)
     meta = {"version": ENCODING_VERSION, "name": spec.name, "fingerprint": fp, "space": space.to_dict(),
             "rows": rows, "arrays": arrays, "bad_rows": reports, "seconds": time.perf_counter() - t0}
     atomic_write_json(tmp / "meta.json", meta)
@@ -372,6 +353,61 @@ def prepare(spec: DatasetSpec, cache_dir: Path | None = None, on_bad_rows: OnBad
         os.rename(tmp, root)
     except OSError:  # another process finished the same encoding first: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
+    return load_prepared(root)
+
+
+def _encode_split(spec: DatasetSpec, split: str, vocabs: dict[str, Vocab], stats: dict[str, NumericStats],
+                  root: Path, on_bad_rows: OnBadRows, progress: bool, log) -> tuple[int, dict, dict]:
+    schema = spec.schema
+    (root / split).mkdir(parents=True, exist_ok=True)
+    writers: dict[str, _ArrayWriter] = {}
+    report = BadRowReport()
+    bar = _progress_bar(progress, f"encode {spec.name}/{split}")
+    for chunk in iter_chunks(spec, split, column_types(schema), on_bad_rows, report):
+        block = _encode_chunk(chunk, schema, vocabs, stats, f"{spec.name}/{split}")
+        for key, arr in block.items():
+            if key not in writers:
+                writers[key] = _ArrayWriter(root / split / f"{key}.bin", arr.dtype,
+                                            arr.shape[1] if arr.ndim == 2 else None)
+            writers[key].write(arr)
+        if bar:
+            bar.update(chunk.num_rows)
+    if bar:
+        bar.close()
+    arrays = {k: w.close() for k, w in writers.items()}
+    rows = next(iter(arrays.values()))["shape"][0] if arrays else 0
+    if report.total:
+        log(f"{spec.name}/{split}: {report.summary()}")
+    return rows, arrays, {"skipped": report.total, "by_reason": dict(report.counts), "examples": report.examples}
+
+
+def encode_with_vocab(spec: DatasetSpec, space: FeatureSpace, vocab_dir: Path, split: str,
+                      cache_dir: Path | None = None, on_bad_rows: OnBadRows = "error", log=print) -> PreparedData:
+    """Encode one split with already-fitted vocabularies and numeric stats (evaluation, serving).
+
+    Unseen values map to OOV. The schema must be the one the vocabularies were fitted with.
+    """
+    if spec.schema.to_dict() != space.schema.to_dict():
+        raise ValueError(f"dataset {spec.name!r} has a different schema from the one the run was trained on")
+    validate_against_files(spec, (split,))
+    schema = space.schema
+    vocabs = {f.name: Vocab.load(Path(vocab_dir) / f.name) for f in space.sparse_features() if f.vocab_from is None}
+    digest = hashlib.sha256()
+    for name in sorted(vocabs):
+        digest.update((Path(vocab_dir) / f"{name}.parquet").read_bytes())
+    vocab_hash = digest.hexdigest()[:8]
+    root = (Path(cache_dir) if cache_dir else cache_root()) / f"{spec.name}-{fingerprint(spec, on_bad_rows)}-v{vocab_hash}-{split}"
+    if not (root / "meta.json").exists():
+        tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        n, arrays, report = _encode_split(spec, split, vocabs, space.numeric_stats, tmp, on_bad_rows, False, log)
+        atomic_write_json(tmp / "meta.json", {"version": ENCODING_VERSION, "name": spec.name, "space": space.to_dict(),
+                                              "rows": {split: n}, "arrays": {split: arrays},
+                                              "bad_rows": {split: report}})
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
     return load_prepared(root)
 
 
@@ -389,5 +425,5 @@ def _progress_bar(enabled: bool, desc: str):
     return tqdm(desc=desc, unit=" rows", unit_scale=True, leave=False)
 
 
-__all__ = ["prepare", "load_prepared", "PreparedData", "validate_against_files", "fingerprint", "normalise",
+__all__ = ["prepare", "encode_with_vocab", "load_prepared", "PreparedData", "validate_against_files", "fingerprint", "normalise",
            "MISSING"]

@@ -53,7 +53,8 @@ def column_index(schema: Schema) -> dict[str, tuple[str, int]]:
 def make_batch(data: SplitArrays, rows: np.ndarray | slice, columns: dict[str, tuple[str, int]]) -> Batch:
     """Gather ``rows`` from every array into a Batch of tensors."""
     def take(a: np.ndarray) -> np.ndarray:
-        return a[rows]
+        x = a[rows]  # fancy indexing copies; a slice of a memmap is a read-only view
+        return x if x.flags.writeable else np.array(x)
 
     def ids(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(take(a).astype(np.int64))

@@ -1,0 +1,94 @@
+"""Experiment configuration: dataset, model and training options, strict and typed.
+
+YAML layout::
+
+    dataset: p1                      # a recipe name, or a path to a dataset.yaml (relative to this file)
+    model: {name: dcnv2, embedding_dim: 10, cross_layers: 3}
+    train: {batch_size: 1024, lr: 1.0e-3, patience: 2, seed: 2024}
+    run_dir: runs/p1-dcnv2
+
+Command-line overrides use dotted keys: ``train.lr=0.01 model.hidden=[256,128]``; values are
+parsed as YAML and unknown keys are errors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(16384, ge=1)
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    embedding_optimizer: Literal["adam", "sparse_adam", "adagrad"] = "adam"
+    embedding_lr: float | None = Field(None, gt=0)  # defaults to lr
+    monitor: Literal["auc", "gauc", "logloss"] = "auc"
+    monitor_task: str = "mean"  # a task name, or the mean over tasks
+    seed: int = 2024
+    deterministic: bool = False
+    threads: int | None = Field(None, ge=1)
+    on_bad_rows: Literal["error", "skip"] = "error"
+    progress: bool = True
+    tensorboard: bool = False
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # for smoke runs and throughput probes
+
+
+class ModelSection(BaseModel):
+    model_config = ConfigDict(extra="allow")  # model-specific keys are validated by the model's own config
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    model: ModelSection
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run_dir: str | None = None
+    base_dir: str | None = None  # folder of the config file; relative dataset paths resolve against it
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "ExperimentConfig":
+        path = Path(path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        raw.setdefault("base_dir", str(path.parent.resolve()))
+        return cls.from_dict(raw, overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict, overrides: list[str] | None = None) -> "ExperimentConfig":
+        raw = apply_overrides(raw, overrides or [])
+        cfg = cls.model_validate(raw)
+        from untwine.models.base import MODELS
+
+        MODELS.get(cfg.model.name).config.model_validate(cfg.model.options())  # fail early on a bad key
+        return cfg
+
+    def to_dict(self) -> dict:
+        d = self.model_dump(mode="json", exclude={"base_dir"})
+        d["model"] = {"name": self.model.name, **self.model.options()}
+        return d
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw

@@ -1,0 +1,150 @@
+"""One experiment end to end: resolve the dataset, encode it, build the model, fit, test, write the run dir.
+
+Run directory::
+
+    config.yaml           the resolved experiment config
+    feature_space.json    schema + vocabulary sizes + numeric stats (what serving needs to size the model)
+    vocab/                the vocabularies used to encode the data
+    best.safetensors      weights of the best validation epoch
+    last.pt               resumable state (weights, optimizers, epoch, early-stopping state)
+    metrics.jsonl         one record per epoch and split
+    result.json           final valid and test metrics, throughput, timings
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from untwine.core.dataset_spec import DatasetSpec
+from untwine.core.io import atomic_write_json, atomic_write_text
+from untwine.core.paths import cache_root
+from untwine.data.encode import PreparedData, prepare
+from untwine.data.loader import BatchLoader, SplitArrays
+from untwine.models.base import build_model
+from untwine.train.config import ExperimentConfig, TrainConfig
+from untwine.train.trainer import DistInfo, Trainer, task_metrics, gather_arrays, predict
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def resolve_dataset(name_or_path: str, base_dir: str | Path | None = None) -> DatasetSpec:
+    """A recipe name (prepared into the cache on first use) or a path to a dataset.yaml."""
+    path = Path(name_or_path)
+    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
+    if path.is_dir():
+        path = path / "dataset.yaml"
+    if path.exists():
+        return DatasetSpec.from_yaml(path)
+    from untwine.data.recipes import RECIPES
+    from untwine.data.recipes import prepare as prepare_recipe
+
+    if name_or_path in RECIPES:
+        return DatasetSpec.from_yaml(prepare_recipe(name_or_path, cache_root() / "datasets" / name_or_path))
+    raise FileNotFoundError(f"dataset {name_or_path!r} is neither a dataset.yaml path nor a recipe "
+                            f"({sorted(RECIPES)})")
+
+
+def make_loaders(prepared: PreparedData, spec: DatasetSpec, cfg: TrainConfig, info: DistInfo):
+    schema = spec.schema
+    loaders = {}
+    for split in ("train", "valid", "test"):
+        if split not in prepared.arrays:
+            loaders[split] = None
+            continue
+        data = SplitArrays.open(prepared, split)
+        train = split == "train"
+        loaders[split] = BatchLoader(data, schema, cfg.batch_size if train else cfg.eval_batch_size,
+                                     shuffle=train, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                                     drop_last=False)
+    return loaders
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    model: str
+    dataset: str
+    seed: int
+    best_epoch: int
+    epochs_run: int
+    train_samples_per_s: float
+    prepare_seconds: float
+    fit_seconds: float
+    num_parameters: int
+    valid: dict
+    test: dict
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = True,
+                   log: Callable[[str], None] = print) -> RunResult:
+    info = DistInfo.from_env()
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    run_dir = Path(run_dir or cfg.run_dir or f"runs/{Path(cfg.dataset).stem}-{cfg.model.name}-s{tc.seed}")
+    spec = resolve_dataset(cfg.dataset, cfg.base_dir)
+    t0 = time.perf_counter()
+    prepared = prepare(spec, on_bad_rows=tc.on_bad_rows, progress=tc.progress and info.is_main, log=log)
+    prepare_seconds = time.perf_counter() - t0
+    log(f"data {spec.name}: {prepared.rows} rows ({'cache' if prepared.from_cache else 'encoded'} "
+        f"in {prepare_seconds:.1f}s at {prepared.root})")
+    seed_everything(tc.seed, tc.deterministic)
+    model = build_model(cfg.model.name, prepared.space, cfg.model.options())
+    n_params = sum(p.numel() for p in model.parameters())
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_json(run_dir / "feature_space.json", prepared.space.to_dict())
+        if not (run_dir / "vocab").exists():
+            shutil.copytree(prepared.root / "vocab", run_dir / "vocab")
+    loaders = make_loaders(prepared, spec, tc, info)
+    weights = [lab.weight for lab in spec.schema.labels]
+    trainer = Trainer(model, spec.schema.task_names, weights, tc, run_dir, info, log=log)
+    t1 = time.perf_counter()
+    fit = trainer.fit(loaders["train"], loaders["valid"], resume=resume)
+    fit_seconds = time.perf_counter() - t1
+    valid = trainer.evaluate(loaders["valid"]) if loaders["valid"] is not None else {}
+    test = trainer.evaluate(loaders["test"]) if loaders["test"] is not None else {}
+    result = RunResult(run_dir=str(run_dir), model=cfg.model.name, dataset=spec.name, seed=tc.seed,
+                       best_epoch=fit.best_epoch, epochs_run=fit.epochs_run,
+                       train_samples_per_s=fit.train_samples_per_s, prepare_seconds=prepare_seconds,
+                       fit_seconds=fit_seconds, num_parameters=n_params, valid=valid, test=test)
+    if info.is_main:
+        trainer._log_jsonl({"split": "test", "epoch": fit.best_epoch, "metrics": test})
+        atomic_write_json(run_dir / "result.json", asdict(result))
+    return result
+
+
+def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "test",
+                 batch_size: int = 16384) -> dict:
+    """Score a split with a finished run's best weights, encoding with the run's own vocabularies."""
+    from untwine.core.features import FeatureSpace
+    from untwine.data.encode import encode_with_vocab
+
+    run_dir = Path(run_dir)
+    cfg = ExperimentConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    space = FeatureSpace.from_dict(json.loads((run_dir / "feature_space.json").read_text()))
+    spec = resolve_dataset(dataset or cfg.dataset, cfg.base_dir)
+    prepared = encode_with_vocab(spec, space, run_dir / "vocab", split)
+    model = build_model(cfg.model.name, space, cfg.model.options())
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    loader = BatchLoader(SplitArrays.open(prepared, split), space.schema, batch_size, shuffle=False)
+    return task_metrics(gather_arrays(predict(model, loader), DistInfo()), space.schema.task_names)

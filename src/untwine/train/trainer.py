@@ -1,0 +1,298 @@
+"""The training loop: optimizers, early stopping, atomic checkpoints, resume, metrics, data parallelism.
+
+The model is any RankingModel; the trainer only knows its contract (Batch -> {task: logits}).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from untwine.core.io import atomic_path
+from untwine.data.loader import BatchLoader
+from untwine.metrics import binary_report
+from untwine.nn.embedding import FieldEmbedding
+from untwine.train.config import TrainConfig
+from untwine.train.losses import multitask_bce
+
+CHECKPOINT_VERSION = 1
+
+
+# ------------------------------------------------------------------ distributed helpers
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def gather_arrays(arrays: dict[str, np.ndarray], info: DistInfo) -> dict[str, np.ndarray]:
+    """Concatenate each rank's arrays (in rank order) on every rank."""
+    if info.world_size == 1:
+        return arrays
+    parts: list[dict[str, np.ndarray]] = [None] * info.world_size  # type: ignore[list-item]
+    dist.all_gather_object(parts, arrays)
+    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+
+
+# ------------------------------------------------------------------ optimizers
+def embedding_modules(model: nn.Module) -> list[FieldEmbedding]:
+    return [m for m in model.modules() if isinstance(m, FieldEmbedding)]
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Adam for dense parameters; the configured optimizer for embedding tables (own parameter group)."""
+    tables = [p for m in embedding_modules(model) for p in m.embedding_parameters()]
+    table_ids = {id(p) for p in tables}
+    dense = [p for p in model.parameters() if id(p) not in table_ids and p.requires_grad]
+    emb_lr = cfg.embedding_lr or cfg.lr
+    sparse = cfg.embedding_optimizer in ("sparse_adam", "adagrad")
+    for m in embedding_modules(model):
+        m.table.sparse = sparse
+    opts: list[torch.optim.Optimizer] = []
+    if cfg.embedding_optimizer == "adam":
+        opts.append(torch.optim.Adam([{"params": dense, "weight_decay": cfg.weight_decay},
+                                      {"params": tables, "lr": emb_lr, "weight_decay": 0.0}], lr=cfg.lr))
+        return opts
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    if cfg.embedding_optimizer == "sparse_adam":
+        opts.append(torch.optim.SparseAdam(tables, lr=emb_lr))
+    else:
+        opts.append(torch.optim.Adagrad(tables, lr=emb_lr))
+    return opts
+
+
+# ------------------------------------------------------------------ evaluation
+@torch.inference_mode()
+def predict(model: nn.Module, loader: BatchLoader) -> dict[str, np.ndarray]:
+    """Probabilities, labels, masks and groups of every row the loader yields (this rank's share)."""
+    was_training = model.training
+    model.eval()
+    probs, labels, masks, groups = [], [], [], []
+    for batch in loader:
+        out = model(batch)
+        probs.append(torch.sigmoid(torch.stack(list(out.values()), dim=1)).float().numpy())
+        labels.append(batch.labels.numpy())
+        if batch.label_mask is not None:
+            masks.append(batch.label_mask.numpy())
+        if batch.groups is not None:
+            groups.append(batch.groups.numpy())
+    model.train(was_training)
+    res = {"probs": np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
+           "labels": np.concatenate(labels) if labels else np.zeros((0, 0), np.float32)}
+    if masks:
+        res["masks"] = np.concatenate(masks)
+    if groups:
+        res["groups"] = np.concatenate(groups)
+    return res
+
+
+def task_metrics(pred: dict[str, np.ndarray], tasks: list[str]) -> dict[str, dict[str, float]]:
+    """binary_report per task (on the rows its mask counts), plus the mean over tasks."""
+    out: dict[str, dict[str, float]] = {}
+    for t, name in enumerate(tasks):
+        keep = pred["masks"][:, t] > 0 if "masks" in pred else slice(None)
+        groups = pred["groups"][keep] if "groups" in pred else None
+        out[name] = binary_report(pred["probs"][keep, t], pred["labels"][keep, t], groups)
+        out[name]["rows"] = int(pred["labels"][keep, t].shape[0])
+    if len(tasks) > 1:
+        keys = set.intersection(*(set(m) for m in out.values()))
+        out["mean"] = {k: float(np.mean([out[t][k] for t in tasks])) for k in sorted(keys)}
+    return out
+
+
+# ------------------------------------------------------------------ trainer
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    train_samples_per_s: float = float("nan")
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Fits a model with early stopping; writes ``best.safetensors``, ``last.pt`` and ``metrics.jsonl``."""
+
+    def __init__(self, model: nn.Module, tasks: list[str], task_weights: list[float], cfg: TrainConfig,
+                 run_dir: Path, info: DistInfo = DistInfo(), log: Callable[[str], None] = print) -> None:
+        self.raw_model = model
+        self.tasks, self.task_weights, self.cfg = tasks, task_weights, cfg
+        self.run_dir, self.info, self.log = Path(run_dir), info, log
+        self.optimizers = build_optimizers(model, cfg)  # before DDP: decides sparse gradients
+        self.model = model
+        if info.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(model)
+        self._tb = None
+
+    # ---- monitoring
+    def score(self, metrics: dict[str, dict[str, float]]) -> float:
+        key = self.cfg.monitor_task if self.cfg.monitor_task in metrics else (
+            "mean" if "mean" in metrics else self.tasks[0])
+        value = metrics[key][self.cfg.monitor]
+        return -value if self.cfg.monitor == "logloss" else value
+
+    def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
+        pred = gather_arrays(predict(self.model, loader), self.info)
+        return task_metrics(pred, self.tasks)
+
+    # ---- logging
+    def _log_jsonl(self, record: dict) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.cfg.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            for task, ms in record.get("metrics", {}).items():
+                for k, v in ms.items():
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        self._tb.add_scalar(f"{record['split']}/{task}/{k}", v, record.get("epoch", 0))
+
+    # ---- checkpoints
+    def save_weights(self, path: Path) -> None:
+        state = {k: v.detach().contiguous() for k, v in self.raw_model.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
+
+    def load_weights(self, path: Path) -> None:
+        self.raw_model.load_state_dict(load_file(str(path)))
+
+    def _save_last(self, epoch: int, state: dict) -> None:
+        payload = {"version": CHECKPOINT_VERSION, "epoch": epoch, "model": self.raw_model.state_dict(),
+                   "optimizers": [o.state_dict() for o in self.optimizers], "torch_rng": torch.get_rng_state(),
+                   "trainer": json.dumps(state)}
+        with atomic_path(self.run_dir / "last.pt") as tmp:
+            torch.save(payload, tmp)
+
+    def _load_last(self) -> tuple[int, dict] | None:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return None
+        payload = torch.load(path, weights_only=True)  # never unpickle arbitrary objects
+        self.raw_model.load_state_dict(payload["model"])
+        for o, s in zip(self.optimizers, payload["optimizers"]):
+            o.load_state_dict(s)
+        torch.set_rng_state(payload["torch_rng"])
+        return int(payload["epoch"]), json.loads(payload["trainer"])
+
+    # ---- the loop
+    def fit(self, train: BatchLoader, valid: BatchLoader | None, resume: bool = True) -> FitResult:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
+                 "train_samples": 0}
+        start = 0
+        if resume and (loaded := self._load_last()) is not None:
+            last_epoch, state = loaded
+            start = last_epoch + 1
+            self.log(f"resumed from {self.run_dir / 'last.pt'} after epoch {last_epoch}")
+        if state["bad_epochs"] >= cfg.patience:
+            start = cfg.epochs  # an earlier run already stopped early
+        epoch = start - 1
+        for epoch in range(start, cfg.epochs):
+            train.set_epoch(epoch)
+            loss_sum, seen, seconds = self._train_epoch(train, epoch)
+            state["train_seconds"] += seconds
+            state["train_samples"] += seen * self.info.world_size
+            record = {"epoch": epoch, "split": "train", "loss": loss_sum, "samples": seen * self.info.world_size,
+                      "seconds": seconds, "samples_per_s": seen * self.info.world_size / max(seconds, 1e-9)}
+            self._log_jsonl(record)
+            if valid is not None:
+                t0 = time.perf_counter()
+                metrics = self.evaluate(valid)
+                score = self.score(metrics)
+                self._log_jsonl({"epoch": epoch, "split": "valid", "metrics": metrics,
+                                 "seconds": time.perf_counter() - t0})
+                improved = score > state["best_score"]
+                if improved:
+                    state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+                    if self.info.is_main:
+                        self.save_weights(self.run_dir / "best.safetensors")
+                else:
+                    state["bad_epochs"] += 1
+                summary = " ".join(f"{k}={v:.4f}" for k, v in metrics[self.tasks[0]].items()
+                                   if k in ("auc", "gauc", "logloss"))
+                self.log(f"epoch {epoch}: train loss {loss_sum:.4f} ({record['samples_per_s']:.0f} samples/s), "
+                         f"valid {summary}{' *' if improved else ''}")
+            else:
+                state.update(best_epoch=epoch)
+                if self.info.is_main:
+                    self.save_weights(self.run_dir / "best.safetensors")
+            state["history"].append({"epoch": epoch, "loss": loss_sum})
+            if self.info.is_main:
+                self._save_last(epoch, state)
+            if state["bad_epochs"] >= cfg.patience:
+                self.log(f"early stop: no improvement of valid {cfg.monitor} for {cfg.patience} epochs")
+                break
+        if self.info.world_size > 1:
+            dist.barrier()
+        best = self.run_dir / "best.safetensors"
+        if best.exists():
+            self.load_weights(best)
+        return FitResult(best_epoch=state["best_epoch"], best_score=state["best_score"], epochs_run=epoch + 1,
+                         history=state["history"],
+                         train_samples_per_s=state["train_samples"] / max(state["train_seconds"], 1e-9),
+                         stopped_early=state["bad_epochs"] >= cfg.patience)
+
+    def _train_epoch(self, loader: BatchLoader, epoch: int) -> tuple[float, int, float]:
+        self.model.train()
+        bar = None
+        if self.cfg.progress and self.info.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, unit="batch")
+        loss_total, seen, steps = 0.0, 0, 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            out = self.model(batch)
+            loss, _ = multitask_bce(out, batch, self.task_weights)
+            for o in self.optimizers:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in self.optimizers:
+                o.step()
+            n = len(batch)
+            steps += 1
+            seen += n
+            loss_total += loss.item() * n
+            if bar is not None:
+                bar.update(1)
+                if steps % 20 == 0:
+                    bar.set_postfix(loss=f"{loss_total / seen:.4f}")
+            if self.cfg.max_steps_per_epoch and steps >= self.cfg.max_steps_per_epoch:
+                break
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        if not math.isfinite(loss_total):
+            raise FloatingPointError(f"epoch {epoch}: training loss is {loss_total}; lower train.lr")
+        return loss_total / max(seen, 1), seen, seconds
