@@ -129,6 +129,7 @@ def _csv_chunks(path: Path, spec: DatasetSpec, types: ColumnTypes, on_bad_rows: 
     if missing:
         raise BadInputError(f"{path}: missing column(s) {missing}; file has {names}")
     skipped_lines: list[int] = []
+    errors: list[str] = []  # an exception raised inside the handler would be swallowed by pyarrow
 
     def on_invalid(row) -> str:
         where = f"{path}:{row.number}" if row.number is not None else str(path)
@@ -137,11 +138,14 @@ def _csv_chunks(path: Path, spec: DatasetSpec, types: ColumnTypes, on_bad_rows: 
             report.add("wrong width", where)
             if row.number is not None:
                 skipped_lines.append(row.number)
-            return "skip"
-        raise BadInputError(f"{where}: {msg}: {row.text[:200]!r}")
+        elif not errors:
+            errors.append(f"{where}: {msg}: {row.text[:200]!r}")
+        return "skip"
 
+    # serial parsing keeps line numbers known to the handler; the columns are plain strings, so
+    # conversion threads would buy little
     read = pacsv.ReadOptions(column_names=names, skip_rows=header_lines, block_size=CHUNK_BYTES,
-                             use_threads=True)
+                             use_threads=False)
     parse = pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid)
     # everything as strings: numbers are converted by _convert, which can point at the bad line
     conv = pacsv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted},
@@ -159,6 +163,8 @@ def _csv_chunks(path: Path, spec: DatasetSpec, types: ColumnTypes, on_bad_rows: 
             break
         except pa.ArrowInvalid as e:
             raise BadInputError(f"{path}: {e}") from None
+        if errors:
+            raise BadInputError(errors[0])
         table = pa.Table.from_batches([rb])
         skipped = np.asarray(sorted(skipped_lines), dtype=np.int64)
 
@@ -200,18 +206,23 @@ def _libfm_chunks(path: Path, spec: DatasetSpec, types: ColumnTypes, on_bad_rows
 
 def _csv_chunks_space(path: Path, names: list[str], types: ColumnTypes, on_bad_rows: OnBadRows,
                       report: BadRowReport) -> Iterator[pa.Table]:
+    errors: list[str] = []
+
     def on_invalid(row) -> str:
         where = f"{path}:{row.number}"
         if on_bad_rows == "skip":
             report.add("wrong width", where)
-            return "skip"
-        raise BadInputError(f"{where}: expected {row.expected_columns} fields, found {row.actual_columns}")
+        elif not errors:
+            errors.append(f"{where}: expected {row.expected_columns} fields, found {row.actual_columns}")
+        return "skip"
 
-    read = pacsv.ReadOptions(column_names=names, block_size=CHUNK_BYTES)
+    read = pacsv.ReadOptions(column_names=names, block_size=CHUNK_BYTES, use_threads=False)
     parse = pacsv.ParseOptions(delimiter=" ", invalid_row_handler=on_invalid)
     conv = pacsv.ConvertOptions(column_types={c: pa.string() for c in names})
     reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=conv)
     for rb in reader:
+        if errors:
+            raise BadInputError(errors[0])
         yield pa.Table.from_batches([rb])
 
 

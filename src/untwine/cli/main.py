@@ -1,0 +1,118 @@
+"""The ``untwine`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="untwine: ads and recommendation models.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare recipe datasets or download full public datasets.")
+app.add_typer(data_app, name="data")
+
+
+def _fmt(x: float) -> str:
+    return "   -  " if x != x else f"{x:.4f}"
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., exists=True, help="experiment YAML"),
+          overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, e.g. train.lr=0.01"),
+          run_dir: Optional[Path] = typer.Option(None, help="run directory (default from config)"),
+          resume: bool = typer.Option(True, help="continue from run_dir/last.pt when present"),
+          on_bad_rows: Optional[str] = typer.Option(None, help="error | skip (skipped rows are counted)")) -> None:
+    """Train a model from an experiment config; works under torchrun for data parallelism."""
+    from untwine.train.config import ExperimentConfig
+    from untwine.train.run import run_experiment
+
+    extra = list(overrides or [])
+    if on_bad_rows:
+        extra.append(f"train.on_bad_rows={on_bad_rows}")
+    cfg = ExperimentConfig.load(config, extra)
+    result = run_experiment(cfg, run_dir=run_dir, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for task, m in result.test.items():
+            typer.echo(f"test {task}: " + " ".join(f"{k}={_fmt(v)}" for k, v in m.items()
+                                                   if k in ("auc", "gauc", "logloss", "calibration")))
+        typer.echo(f"run directory: {result.run_dir}")
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., exists=True, file_okay=False),
+             data: Optional[str] = typer.Option(None, help="dataset.yaml or recipe (default: the run's dataset)"),
+             split: str = typer.Option("test", help="train | valid | test")) -> None:
+    """Score a split with a finished run's best weights and print the metrics as JSON."""
+    from untwine.train.run import evaluate_run
+
+    typer.echo(json.dumps(evaluate_run(run_dir, data, split), indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from untwine.models import MODELS
+
+    for e in MODELS.entries():
+        typer.echo(f"{e.name:10s} {e.paper}\n{'':10s} inputs: {e.inputs}")
+
+
+@data_app.command("prepare")
+def data_prepare(name: str = typer.Argument(..., help="recipe name (p1 ... p7, t1)"),
+                 out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+                 force: bool = typer.Option(False, help="rebuild even if up to date")) -> None:
+    """Build a benchmark dataset from the local raw files, exactly as PROTOCOLS.md splits it."""
+    from untwine.data.recipes import prepare
+
+    typer.echo(str(prepare(name, out, force=force)))
+
+
+@data_app.command("download")
+def data_download(name: str = typer.Argument(..., help="dataset name"),
+                  dest: Path = typer.Option(Path("data"), "--dest", "-d", help="destination folder")) -> None:
+    """Download a full public dataset (the only command that uses the network)."""
+    from untwine.data.download import download
+
+    typer.echo(str(download(name, dest)))
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="where the data and runs go"),
+               impressions: int = typer.Option(300_000, help="simulated impressions"),
+               seed: int = typer.Option(2024)) -> None:
+    """Simulate an ads log, train DNN and DCN-V2 on it, and compare with the oracle AUC."""
+    from untwine.sim import SimConfig, write_dataset
+    from untwine.train.config import ExperimentConfig
+    from untwine.train.run import run_experiment
+    from untwine.core.dataset_spec import DatasetSpec
+
+    data_dir = out / "data"
+    typer.echo(f"simulating {impressions:,} impressions into {data_dir} ...")
+    yaml_path = write_dataset(SimConfig(n_impressions=impressions, seed=seed), data_dir)
+    spec = DatasetSpec.from_yaml(yaml_path)
+    oracle = spec.extra.get("oracle_auc", {}).get("test", {}).get("click", float("nan"))
+    rows = []
+    for name in ("dnn", "dcnv2"):
+        cfg = ExperimentConfig.from_dict({
+            "dataset": str(yaml_path), "model": {"name": name},
+            "train": {"batch_size": 2048, "epochs": 5, "patience": 1, "seed": seed,
+                      "embedding_optimizer": "sparse_adam"}})
+        typer.echo(f"training {name} ...")
+        r = run_experiment(cfg, run_dir=out / name, resume=False)
+        m = r.test["click"] if "click" in r.test else next(iter(r.test.values()))
+        rows.append((name, m["auc"], m.get("gauc", float("nan")), m["logloss"], r.train_samples_per_s, r.epochs_run))
+    typer.echo("\nmodel    test AUC  test GAUC  logloss  train samples/s  epochs")
+    for name, a, g, ll, sps, ep in rows:
+        typer.echo(f"{name:8s} {a:8.4f}  {g:9.4f}  {ll:7.4f}  {sps:15,.0f}  {ep:6d}")
+    typer.echo(f"{'oracle':8s} {oracle:8.4f}   (AUC of the simulator's true click probabilities)")
+    typer.echo(f"\nruns in {out}/<model>/ (result.json, metrics.jsonl, best.safetensors)")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

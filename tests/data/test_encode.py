@@ -1,0 +1,130 @@
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from untwine.core.dataset_spec import DatasetSpec
+from untwine.data.encode import encode_with_vocab, prepare
+from untwine.data.loader import SplitArrays
+from untwine.data.vocab import OOV
+
+SCHEMA = {
+    "features": [
+        {"name": "user", "kind": "categorical", "group": "user"},
+        {"name": "item", "kind": "categorical", "group": "item"},
+        {"name": "tags", "kind": "multi_categorical", "max_len": 2, "group": "item"},
+        {"name": "price", "kind": "numeric", "transform": "log1p_standard", "group": "item"},
+        {"name": "hist", "kind": "sequence", "max_len": 3, "vocab_from": "item", "timestamps": "hist_ts",
+         "side_fields": {"hist_tag": "tags"}, "group": "user"},
+        {"name": "vec", "kind": "vector", "dim": 2},
+    ],
+    "labels": [{"name": "click"}, {"name": "buy", "mask_column": "click"}],
+    "group_key": "user",
+}
+
+
+def write(tmp_path, name, rows):
+    cols = list(zip(*rows))
+    table = pa.table({
+        "user": pa.array(cols[0]), "item": pa.array(cols[1]), "tags": pa.array(cols[2]),
+        "price": pa.array(cols[3], pa.float64()), "hist": pa.array(cols[4]), "hist_ts": pa.array(cols[5]),
+        "hist_tag": pa.array(cols[6]), "vec": pa.array(cols[7], pa.list_(pa.float32())),
+        "click": pa.array(cols[8], pa.int8()), "buy": pa.array(cols[9], pa.int8())})
+    pq.write_table(table, tmp_path / name)
+    return name
+
+
+TRAIN = [
+    ("u1", "i1", "t1|t2|t3", 1.0, "i2|i3|i1|i2", "1|2|3|4", "t1|t1|t2|t3", [0.1, 0.2], 1, 0),
+    ("u2", "i2", "t2", None, "", "", "", [0.3, 0.4], 1, 1),
+    ("u1", "i2", "", 100.0, "i1", "9", "t2", [0.5, 0.6], 0, 0),
+]
+TEST = [("u9", "i7", "t9|t1", 3.0, "i7|i1", "5|6", "t9|t1", [0.0, 0.0], 0, 0)]
+
+
+@pytest.fixture
+def spec(tmp_path):
+    write(tmp_path, "train.parquet", TRAIN)
+    write(tmp_path, "test.parquet", TEST)
+    d = DatasetSpec(name="toy", train=["train.parquet"], test=["test.parquet"], schema=SCHEMA, root=str(tmp_path))
+    return d
+
+
+def test_encoded_arrays(spec, tmp_path):
+    p = prepare(spec, cache_dir=tmp_path / "c")
+    a = SplitArrays.open(p, "train").arrays
+    # vocab ids: item counts i1:1, i2:2 -> i2=2, i1=3
+    assert a["categorical"][:, 1].tolist() == [3, 2, 2]
+    # tag counts t2:2, t1:1, t3:1 -> t2=2, t1=3, t3=4 (ties by value); the first max_len are kept
+    assert a["multi.tags"].tolist() == [[3, 2], [2, 0], [0, 0]]
+    # sequences keep the most recent max_len, oldest first, item vocabulary shared
+    assert a["seq.hist"].tolist() == [[OOV, 3, 2], [0, 0, 0], [3, 0, 0]]  # i3 unseen as a target item
+    assert a["seq.hist.ts"].tolist() == [[2, 3, 4], [0, 0, 0], [9, 0, 0]]
+    assert a["seq.hist.hist_tag"].tolist() == [[3, 2, 4], [0, 0, 0], [2, 0, 0]]
+    np.testing.assert_allclose(a["vec.vec"], [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    assert np.isnan(a["numeric_raw"][1, 0]) and a["numeric"][1, 0] == 0.0
+    x = np.log1p(np.array([1.0, 100.0]))
+    np.testing.assert_allclose(a["numeric"][[0, 2], 0], (x - x.mean()) / x.std(), rtol=1e-5)
+    assert a["labels"].tolist() == [[1, 0], [1, 1], [0, 0]]
+    assert a["label_mask"][:, 1].tolist() == [1, 1, 0]
+    assert a["groups"][0] == a["groups"][2] != a["groups"][1]
+    assert p.space.vocab_sizes["hist"] == p.space.vocab_sizes["item"] == 4
+
+
+def test_unseen_values_at_test_time_map_to_oov(spec, tmp_path):
+    p = prepare(spec, cache_dir=tmp_path / "c")
+    a = SplitArrays.open(p, "test").arrays
+    assert a["categorical"].tolist() == [[OOV, OOV]]
+    assert a["multi.tags"].tolist() == [[OOV, 3]]  # t9 unseen, t1 known
+    assert a["seq.hist"].tolist() == [[OOV, 3, 0]]
+
+
+def test_second_run_reuses_cache_and_a_changed_file_does_not(spec, tmp_path):
+    first = prepare(spec, cache_dir=tmp_path / "c")
+    assert not first.from_cache
+    second = prepare(spec, cache_dir=tmp_path / "c")
+    assert second.from_cache and second.root == first.root
+    time.sleep(0.01)
+    write(tmp_path, "train.parquet", TRAIN[:2])
+    third = prepare(spec, cache_dir=tmp_path / "c")
+    assert not third.from_cache and third.root != first.root and third.rows["train"] == 2
+
+
+def test_a_changed_schema_changes_the_fingerprint(spec, tmp_path):
+    first = prepare(spec, cache_dir=tmp_path / "c")
+    schema = dict(SCHEMA, features=[dict(f, min_count=2) if f["name"] == "item" else f for f in SCHEMA["features"]])
+    other = prepare(spec.model_copy(update={"schema_": type(spec.schema).model_validate(schema)}),
+                    cache_dir=tmp_path / "c")
+    assert other.root != first.root
+    assert other.space.vocab_sizes["item"] == 3  # only i2 survives min_count=2
+
+
+def test_no_temporary_folders_left_behind(spec, tmp_path):
+    prepare(spec, cache_dir=tmp_path / "c")
+    assert [n for n in os.listdir(tmp_path / "c") if "tmp" in n] == []
+
+
+def test_encode_with_saved_vocab_matches_training_encoding(spec, tmp_path):
+    p = prepare(spec, cache_dir=tmp_path / "c")
+    q = encode_with_vocab(spec, p.space, p.root / "vocab", "test", cache_dir=tmp_path / "c2")
+    for name, arr in SplitArrays.open(p, "test").arrays.items():
+        np.testing.assert_array_equal(arr, SplitArrays.open(q, "test").arrays[name])
+
+
+def test_vector_of_wrong_width_is_an_error(tmp_path):
+    rows = [r[:7] + ([0.1, 0.2, 0.3],) + r[8:] for r in TRAIN]
+    write(tmp_path, "train.parquet", rows)
+    spec = DatasetSpec(name="v", train=["train.parquet"], schema=SCHEMA, root=str(tmp_path))
+    with pytest.raises(ValueError, match="expected a vector of 2 numbers, found 3"):
+        prepare(spec, cache_dir=tmp_path / "c")
+
+
+def test_misaligned_timestamps_are_an_error(tmp_path):
+    rows = [TRAIN[0][:5] + ("1|2",) + TRAIN[0][6:]] + TRAIN[1:]
+    write(tmp_path, "train.parquet", rows)
+    spec = DatasetSpec(name="ts", train=["train.parquet"], schema=SCHEMA, root=str(tmp_path))
+    with pytest.raises(ValueError, match="'hist_ts' has 2 entries but sequence 'hist' has 4"):
+        prepare(spec, cache_dir=tmp_path / "c")
