@@ -334,8 +334,8 @@ def prepare(spec: DatasetSpec, cache_dir: Path | None = None, on_bad_rows: OnBad
     schema = spec.schema
     bar = _progress_bar(progress, f"fit {spec.name}")
     train_report = BadRowReport()
-    vocabs, stats = fit(spec, on_bad_rows, train_report, progress=bar.update if bar else None)
-    if bar:
+    vocabs, stats = fit(spec, on_bad_rows, train_report, progress=bar.update if bar is not None else None)
+    if bar is not None:
         bar.close()
     for name, v in vocabs.items():
         v.save(tmp / "vocab" / name)
@@ -370,9 +370,9 @@ def _encode_split(spec: DatasetSpec, split: str, vocabs: dict[str, Vocab], stats
                 writers[key] = _ArrayWriter(root / split / f"{key}.bin", arr.dtype,
                                             arr.shape[1] if arr.ndim == 2 else None)
             writers[key].write(arr)
-        if bar:
+        if bar is not None:
             bar.update(chunk.num_rows)
-    if bar:
+    if bar is not None:
         bar.close()
     arrays = {k: w.close() for k, w in writers.items()}
     rows = next(iter(arrays.values()))["shape"][0] if arrays else 0
