@@ -422,7 +422,7 @@ def _progress_bar(enabled: bool, desc: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(desc=desc, unit=" rows", unit_scale=True, leave=False)
+    return tqdm(desc=desc, unit=" rows", unit_scale=True, leave=False, disable=None)  # off when not a terminal
 
 
 __all__ = ["prepare", "encode_with_vocab", "load_prepared", "PreparedData", "validate_against_files", "fingerprint", "normalise",

@@ -109,13 +109,14 @@ class BatchLoader:
             # sorted indices inside a batch read memory-mapped pages in order; the set is what matters
             starts = range(0, n - bs + 1 if self.drop_last else n, bs)
             parts = [np.sort(perm[s:s + bs]) for s in starts]
-        else:
-            stop = n - bs + 1 if self.drop_last else n
-            parts = [slice(s, min(s + bs, n)) for s in range(0, max(stop, 0), bs)]
-        if self.world_size > 1:
-            usable = len(parts) - len(parts) % self.world_size if self.shuffle else len(parts)
-            parts = parts[self.rank:usable:self.world_size]
-        return parts
+            if self.world_size > 1:
+                usable = len(parts) - len(parts) % self.world_size
+                parts = parts[self.rank:usable:self.world_size]
+            return parts
+        # evaluation: each rank scores a contiguous share of the rows, in file order
+        lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+        stop = hi - bs + 1 if self.drop_last else hi
+        return [slice(s, min(s + bs, hi)) for s in range(lo, max(stop, lo), bs)]
 
     def __len__(self) -> int:
         return len(self._batch_rows())

@@ -60,7 +60,11 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("cat_offsets", torch.tensor([offsets[f.name] for f in schema.categorical],
                                                          dtype=torch.long), persistent=False)
         self.multi = [(f.name, f.pooling) for f in schema.multi_categorical]
-        self.sequences = [(f.name, f.pooling) for f in schema.sequences]
+        # a sequence contributes its pooled ids and one pooled field per side field (e.g. categories),
+        # each read from the rows of the feature whose vocabulary it uses
+        self.sequences = [(f.name, f.name, f.pooling) for f in schema.sequences]
+        self.sequences += [(f"{f.name}.{side}", ref, f.pooling) for f in schema.sequences
+                           for side, ref in f.side_fields.items()]
         self.num_numeric = len(schema.numeric)
         if numeric_mode == "embed" and self.num_numeric:
             self.numeric_weight = nn.Parameter(torch.empty(self.num_numeric, dim))
@@ -83,9 +87,9 @@ class FieldEmbedding(nn.Module):
         for name, pooling in self.multi:
             ids = batch.multi[name]
             parts.append(masked_mean(self.table(ids + self.offsets[name]), ids, pooling).unsqueeze(1))
-        for name, pooling in self.sequences:
-            ids = batch.seq[name]
-            parts.append(masked_mean(self.table(ids + self.offsets[name]), ids, pooling).unsqueeze(1))
+        for key, owner, pooling in self.sequences:
+            ids = batch.seq[key]
+            parts.append(masked_mean(self.table(ids + self.offsets[owner]), ids, pooling).unsqueeze(1))
         dense = None
         if self.num_numeric:
             if self.numeric_mode == "embed":

@@ -16,7 +16,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -89,6 +89,10 @@ class RunResult:
     num_parameters: int
     valid: dict
     test: dict
+    model_object: object = field(default=None, repr=False, compare=False)  # the trained nn.Module
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_object"}
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = True,
@@ -124,10 +128,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
     result = RunResult(run_dir=str(run_dir), model=cfg.model.name, dataset=spec.name, seed=tc.seed,
                        best_epoch=fit.best_epoch, epochs_run=fit.epochs_run,
                        train_samples_per_s=fit.train_samples_per_s, prepare_seconds=prepare_seconds,
-                       fit_seconds=fit_seconds, num_parameters=n_params, valid=valid, test=test)
+                       fit_seconds=fit_seconds, num_parameters=n_params, valid=valid, test=test,
+                       model_object=model)
     if info.is_main:
         trainer._log_jsonl({"split": "test", "epoch": fit.best_epoch, "metrics": test})
-        atomic_write_json(run_dir / "result.json", asdict(result))
+        atomic_write_json(run_dir / "result.json", result.to_dict())
     return result
 
 

@@ -55,7 +55,7 @@ def gather_arrays(arrays: dict[str, np.ndarray], info: DistInfo) -> dict[str, np
         return arrays
     parts: list[dict[str, np.ndarray]] = [None] * info.world_size  # type: ignore[list-item]
     dist.all_gather_object(parts, arrays)
-    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+    return {k: np.concatenate([p[k] for p in parts if k in p and len(p[k])]) for k in arrays}
 
 
 # ------------------------------------------------------------------ optimizers
@@ -147,7 +147,8 @@ class Trainer:
         self.optimizers = build_optimizers(model, cfg)  # before DDP: decides sparse gradients
         self.model = model
         if info.world_size > 1:
-            self.model = nn.parallel.DistributedDataParallel(model)
+            # buffers here are constants (field offsets): no need to broadcast them every step
+            self.model = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
         self._tb = None
 
     # ---- monitoring
@@ -158,7 +159,8 @@ class Trainer:
         return -value if self.cfg.monitor == "logloss" else value
 
     def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
-        pred = gather_arrays(predict(self.model, loader), self.info)
+        # the unwrapped model: ranks may score different numbers of batches, so no collective per forward
+        pred = gather_arrays(predict(self.raw_model, loader), self.info)
         return task_metrics(pred, self.tasks)
 
     # ---- logging
@@ -269,7 +271,7 @@ class Trainer:
         if self.cfg.progress and self.info.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, unit="batch")
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, unit="batch", disable=None)
         loss_total, seen, steps = 0.0, 0, 0
         t0 = time.perf_counter()
         for batch in loader:

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from untwine.train.config import ExperimentConfig
+from untwine.train.run import evaluate_run, run_experiment
+
+from conftest import experiment
+
+QUIET = dict(log=lambda *_: None)
+
+
+def run(dataset, run_dir, overrides=(), resume=False, **train):
+    cfg = ExperimentConfig.from_dict(experiment(dataset, **train), list(overrides))
+    return run_experiment(cfg, run_dir=run_dir, resume=resume, **QUIET)
+
+
+def test_learns_rule_and_writes_run_dir(learnable, tmp_path):
+    r = run(learnable, tmp_path / "run")
+    assert r.test["y"]["auc"] > 0.85  # the rule is learnable; noise caps AUC near 0.9
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "feature_space.json", "vocab", "best.safetensors", "last.pt", "metrics.jsonl",
+            "result.json"} <= files
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r_["epoch"] for r_ in records if r_["split"] == "train"] == list(range(r.epochs_run))
+    assert records[-1]["split"] == "test"
+
+
+@pytest.mark.parametrize("opt", ["adam", "sparse_adam", "adagrad"])
+def test_embedding_optimizers_all_learn(learnable, tmp_path, opt):
+    lr = 0.05 if opt == "adagrad" else 3e-3
+    r = run(learnable, tmp_path / opt, embedding_optimizer=opt, embedding_lr=lr)
+    assert r.test["y"]["auc"] > 0.8
+
+
+def test_early_stopping_keeps_best_epoch_weights(learnable, tmp_path):
+    r = run(learnable, tmp_path / "run", epochs=30, patience=1, lr=0.03)  # a high lr overfits fast
+    assert r.epochs_run < 30 and r.epochs_run == r.best_epoch + 2
+    valid_aucs = [rec["metrics"]["y"]["auc"] for rec in map(json.loads, (tmp_path / "run" / "metrics.jsonl")
+                                                             .read_text().splitlines()) if rec["split"] == "valid"]
+    assert r.valid["y"]["auc"] == pytest.approx(max(valid_aucs), abs=1e-12)
+
+
+def test_same_seed_same_weights_other_seed_differs(learnable, tmp_path):
+    a = run(learnable, tmp_path / "a", epochs=2, seed=5)
+    b = run(learnable, tmp_path / "b", epochs=2, seed=5)
+    c = run(learnable, tmp_path / "c", epochs=2, seed=6)
+    wa, wb, wc = (load_file(str(tmp_path / n / "best.safetensors")) for n in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert a.test == b.test
+
+
+def test_resume_continues_where_it_stopped(learnable, tmp_path):
+    full = run(learnable, tmp_path / "full", epochs=4, patience=10)
+    run(learnable, tmp_path / "part", epochs=2, patience=10)  # "interrupted" after 2 epochs
+    resumed = run(learnable, tmp_path / "part", epochs=4, patience=10, resume=True)
+    assert resumed.epochs_run == 4
+    train_epochs = [json.loads(line)["epoch"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["split"] == "train"]
+    assert train_epochs == [0, 1, 2, 3]
+    wf, wp = load_file(str(tmp_path / "full" / "best.safetensors")), load_file(str(tmp_path / "part" / "best.safetensors"))
+    for k in wf:
+        torch.testing.assert_close(wf[k], wp[k], rtol=1e-5, atol=1e-6)
+
+
+def test_multitask_losses_and_metrics_per_task(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "valid", "test"):
+        n = 2000
+        u = rng.integers(0, 10, n)
+        click = (u % 2 == 0) ^ (rng.random(n) < 0.1)
+        buy = click & ((u % 4 == 0) ^ (rng.random(n) < 0.1))
+        pq.write_table(pa.table({"u": u.astype(str), "click": click.astype(np.int8), "buy": buy.astype(np.int8)}),
+                       tmp_path / f"{split}.parquet")
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump({
+        "name": "mt", "train": "train.parquet", "valid": "valid.parquet", "test": "test.parquet",
+        "schema": {"features": [{"name": "u", "kind": "categorical"}],
+                   "labels": [{"name": "click"}, {"name": "buy", "mask_column": "click", "weight": 0.5}]}}))
+    r = run(tmp_path / "dataset.yaml", tmp_path / "run")
+    assert set(r.test) == {"click", "buy", "mean"}
+    assert r.test["buy"]["rows"] == int(pq.read_table(tmp_path / "test.parquet").column("click").to_numpy().sum())
+    assert r.test["click"]["auc"] > 0.8 and r.test["buy"]["auc"] > 0.8
+
+
+def test_evaluate_run_reproduces_test_metrics_and_handles_unseen(learnable, tmp_path):
+    r = run(learnable, tmp_path / "run", epochs=2)
+    again = evaluate_run(tmp_path / "run")
+    assert again["y"]["auc"] == pytest.approx(r.test["y"]["auc"], abs=1e-9)
+
+
+def test_unknown_keys_are_errors(learnable):
+    with pytest.raises(Exception, match="lrr"):
+        ExperimentConfig.from_dict(experiment(learnable), ["train.lrr=0.1"])
+    with pytest.raises(Exception, match="hiden"):
+        ExperimentConfig.from_dict(experiment(learnable), ["model.hiden=[4]"])
+
+
+def test_overrides_are_parsed_as_yaml(learnable):
+    cfg = ExperimentConfig.from_dict(experiment(learnable), ["train.lr=0.5", "model.hidden=[4,2]"])
+    assert cfg.train.lr == 0.5 and cfg.model.options()["hidden"] == [4, 2]
