@@ -98,6 +98,8 @@ class FieldEmbedding(nn.Module):
                 dense = batch.numeric
         for name, proj in self.vector_proj.items():
             parts.append(proj(batch.vectors[name]).unsqueeze(1))
+        if not parts:  # e.g. a numeric-only schema in raw mode: no fields, only the dense block
+            return self.table.weight.new_zeros(len(batch), 0, self.dim), dense
         fields = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return fields, dense
 

@@ -68,7 +68,7 @@ class LowRankCrossNet(nn.Module):
         for U, V, C, b in zip(self.U, self.V, self.C, self.bias):
             gate = torch.softmax(torch.cat([g(x) for g in self.gates], dim=1), dim=1)  # (B, E)
             v = torch.tanh(torch.einsum("bd,edr->ber", x, V))  # (B, E, r)
-            v = torch.tanh(torch.einsum("ber,ers->bes", v, C))
+            v = torch.tanh(torch.einsum("ber,esr->bes", v, C))  # C_e v
             u = torch.einsum("bes,eds->bed", v, U) + b  # (B, E, d)
             expert = x0.unsqueeze(1) * u  # (B, E, d)
             x = (gate.unsqueeze(-1) * expert).sum(dim=1) + x

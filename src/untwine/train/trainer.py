@@ -241,6 +241,10 @@ class Trainer:
                         self.save_weights(self.run_dir / "best.safetensors")
                 else:
                     state["bad_epochs"] += 1
+                    if cfg.lr_decay_on_plateau < 1:
+                        for o in self.optimizers:
+                            for group in o.param_groups:
+                                group["lr"] *= cfg.lr_decay_on_plateau
                 summary = " ".join(f"{k}={v:.4f}" for k, v in metrics[self.tasks[0]].items()
                                    if k in ("auc", "gauc", "logloss"))
                 self.log(f"epoch {epoch}: train loss {loss_sum:.4f} ({record['samples_per_s']:.0f} samples/s), "
