@@ -31,7 +31,8 @@ def peer_table() -> dict:
     out: dict = {}
     for f in sorted((RESULTS / "peers" / "accuracy").glob("*.json")):
         r = json.loads(f.read_text())
-        key = (r.get("protocol") or r.get("dataset", "")).lower()
+        ds = r.get("dataset", {})
+        key = (ds.get("protocol", "") if isinstance(ds, dict) else str(ds)).lower()
         out.setdefault(r["lib"], {}).setdefault((key, r["model"]), []).append(r["test"]["auc"])
     return out
 
@@ -43,12 +44,19 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for every run")
     ap.add_argument("--tag", default="default")
+    ap.add_argument("--resume", action="store_true", help="keep finished runs of this tag, run the rest")
     args = ap.parse_args()
     out_dir = RESULTS / "accuracy" / args.tag
-    rows = {}
+    rows: dict = {}
+    for f in sorted(out_dir.glob("*.json")) if args.resume else []:
+        rec = json.loads(f.read_text())
+        rows.setdefault((rec["protocol"], rec["model"]), []).append(rec)
+    done = {(r["protocol"], r["model"], r["seed"]) for recs in rows.values() for r in recs}
     for p in args.protocols:
         for m in args.models:
             for s in args.seeds:
+                if (p, m, s) in done:
+                    continue
                 cfg = ExperimentConfig.load(CONFIGS / p / f"{m}.yaml",
                                             [f"train.seed={s}", "train.progress=false", *args.set])
                 t0 = time.perf_counter()

@@ -191,7 +191,8 @@ def main() -> None:
                         print(f"peer {lib} failed: {e}", file=sys.stderr)
                         continue
                     rows.append({"dataset": ds, "model": model, "numeric": numeric, "who": lib, "opt": "adam",
-                                 "samples_per_s": r.get("train_samples_per_s"), "peak_rss_mb": r.get("peak_rss_mb"),
+                                 "samples_per_s": r["train"]["samples_per_s"],
+                                 "peak_rss_mb": r["peak_rss"].get("tree_peak_sampled_mb") or r["peak_rss"]["self_mb"],
                                  "raw": r})
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "raw"}), flush=True)
     write_json(RESULTS / "throughput" / f"{a.tag}.json", {"machine": machine(), "epochs": a.epochs, "rows": rows})

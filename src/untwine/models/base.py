@@ -30,6 +30,10 @@ class MLPConfig(RankingConfig):
     hidden: tuple[int, ...] = (400, 400, 400)
     dropout: float = Field(0.0, ge=0, lt=1)
     batch_norm: bool = False
+    layer_norm: bool = False
+
+    def mlp_options(self) -> dict:
+        return {"dropout": self.dropout, "batch_norm": self.batch_norm, "layer_norm": self.layer_norm}
 
 
 class RankingModel(nn.Module):

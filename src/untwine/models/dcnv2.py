@@ -31,7 +31,7 @@ class DCNv2(RankingModel):
         self.cross = (CrossNetV2(d, config.cross_layers) if config.low_rank is None
                       else LowRankCrossNet(d, config.cross_layers, config.low_rank, config.num_experts))
         mlp_in = d
-        self.mlp = MLP(mlp_in, config.hidden, dropout=config.dropout, batch_norm=config.batch_norm)
+        self.mlp = MLP(mlp_in, config.hidden, **config.mlp_options())
         head_in = self.mlp.out_dim + (d if config.structure == "parallel" else 0)
         self.head = nn.Linear(head_in, len(self.tasks))
 

@@ -18,8 +18,7 @@ class DeepFM(RankingModel):
         self.linear = FirstOrder(space, len(self.tasks), config.embedding_init_std)
         self.embedding = self.field_embedding(numeric="embed")
         self.fm = FactorizationMachine()
-        self.mlp = MLP(self.embedding.output_dim, config.hidden, out_dim=len(self.tasks), dropout=config.dropout,
-                       batch_norm=config.batch_norm)
+        self.mlp = MLP(self.embedding.output_dim, config.hidden, out_dim=len(self.tasks), **config.mlp_options())
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         fields, _ = self.embedding(batch)

@@ -15,8 +15,7 @@ class DNN(RankingModel):
     def __init__(self, space: FeatureSpace, config: MLPConfig) -> None:
         super().__init__(space, config)
         self.embedding = self.field_embedding()
-        self.mlp = MLP(self.embedding.output_dim, config.hidden, out_dim=len(self.tasks), dropout=config.dropout,
-                       batch_norm=config.batch_norm)
+        self.mlp = MLP(self.embedding.output_dim, config.hidden, out_dim=len(self.tasks), **config.mlp_options())
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         return self.as_tasks(self.mlp(self.embedding.flat(batch)))

@@ -16,6 +16,7 @@ class MLP(nn.Module):
         out_dim: width of a final linear layer without activation, or None for none.
         dropout: dropout rate after each hidden activation.
         batch_norm: BatchNorm1d after each hidden linear layer.
+        layer_norm: LayerNorm after each hidden linear layer.
 
     Example::
 
@@ -24,7 +25,7 @@ class MLP(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, layer_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         d = in_dim
@@ -32,6 +33,8 @@ class MLP(nn.Module):
             layers.append(nn.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
+            if layer_norm:
+                layers.append(nn.LayerNorm(h))
             layers.append(nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
