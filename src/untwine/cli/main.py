@@ -97,7 +97,7 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="where the
     for name in ("dnn", "dcnv2"):
         cfg = ExperimentConfig.from_dict({
             "dataset": str(yaml_path), "model": {"name": name},
-            "train": {"batch_size": 2048, "epochs": 5, "patience": 1, "seed": seed,
+            "train": {"batch_size": 1024, "epochs": 6, "patience": 1, "seed": seed,
                       "embedding_optimizer": "sparse_adam"}})
         typer.echo(f"training {name} ...")
         r = run_experiment(cfg, run_dir=out / name, resume=False)

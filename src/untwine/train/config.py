@@ -75,6 +75,8 @@ class ExperimentConfig(BaseModel):
 
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json", exclude={"base_dir"})
+        if self.base_dir and (Path(self.base_dir) / self.dataset).exists():  # a saved config must not depend on cwd
+            d["dataset"] = str((Path(self.base_dir) / self.dataset).resolve())
         d["model"] = {"name": self.model.name, **self.model.options()}
         return d
 

@@ -1,0 +1,64 @@
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from untwine.cli.main import app
+from untwine.models import MODELS
+
+runner = CliRunner()
+
+
+def test_models_lists_every_registered_model():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    for name in MODELS.names():
+        assert name in res.output
+
+
+def write_csv_dataset(tmp_path, bad_rows=""):
+    rows = "".join(f"{i % 2},u{i % 7},{i * 0.5}\n" for i in range(300))
+    (tmp_path / "train.csv").write_text("y,u,x\n" + rows + bad_rows)
+    (tmp_path / "valid.csv").write_text("y,u,x\n" + rows[:2000])
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump({
+        "name": "cli", "format": "csv", "train": "train.csv", "valid": "valid.csv", "test": "valid.csv",
+        "schema": {"features": [{"name": "u", "kind": "categorical"}, {"name": "x", "kind": "numeric"}],
+                   "labels": [{"name": "y"}]}}))
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({
+        "dataset": "dataset.yaml", "model": {"name": "lr"}, "train": {"epochs": 2, "batch_size": 64, "progress": False}}))
+
+
+def test_train_with_overrides_then_evaluate(tmp_path):
+    write_csv_dataset(tmp_path)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "train.epochs=1", "model.name=dnn",
+                              "model.hidden=[8]", "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "test y:" in res.output
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == {"name": "dnn", "hidden": [8]} and cfg["train"]["epochs"] == 1
+    res = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
+    assert res.exit_code == 0, res.output
+    assert 0.0 <= json.loads(res.output)["y"]["auc"] <= 1.0
+
+
+def test_bad_rows_fail_by_default_and_are_counted_when_skipped(tmp_path):
+    write_csv_dataset(tmp_path, bad_rows="1,u1\n0,u2,notanumber\n,u3,1\n")
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "--run-dir", str(tmp_path / "r1")])
+    assert res.exit_code != 0
+    assert "train.csv:302: expected 3 columns, found 2" in str(res.exception)
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "--run-dir", str(tmp_path / "r2"),
+                              "--on-bad-rows", "skip"])
+    assert res.exit_code == 0, res.output
+    assert "skipped 3 bad rows" in res.output
+
+
+def test_schema_naming_a_missing_column_fails_before_work(tmp_path):
+    write_csv_dataset(tmp_path)
+    spec = yaml.safe_load((tmp_path / "dataset.yaml").read_text())
+    spec["schema"]["features"].append({"name": "price", "kind": "numeric"})
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert "['price']" in str(res.exception)
+    assert not (tmp_path / "r").exists()
