@@ -95,3 +95,16 @@ def test_tsv_without_header_needs_and_uses_column_names(tmp_path):
     p = prepare(spec, cache_dir=tmp_path / "c")
     assert p.rows["train"] == 2
     assert p.space.numeric_stats["x"].missing == 1
+
+
+def test_vectors_and_quoted_headers_in_csv(tmp_path):
+    import numpy as np
+
+    from untwine.data.loader import SplitArrays
+
+    path = tmp_path / "v.csv"
+    path.write_text('"y","v"\n1,0.5|1.5\n0,-1|2e-1\n')
+    spec = DatasetSpec(name="v", format="csv", train=[str(path)], schema={
+        "features": [{"name": "v", "kind": "vector", "dim": 2}], "labels": [{"name": "y"}]})
+    p = prepare(spec, cache_dir=tmp_path / "c")
+    np.testing.assert_allclose(SplitArrays.open(p, "train").arrays["vec.v"], [[0.5, 1.5], [-1.0, 0.2]])

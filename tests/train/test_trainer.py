@@ -107,3 +107,23 @@ def test_unknown_keys_are_errors(learnable):
 def test_overrides_are_parsed_as_yaml(learnable):
     cfg = ExperimentConfig.from_dict(experiment(learnable), ["train.lr=0.5", "model.hidden=[4,2]"])
     assert cfg.train.lr == 0.5 and cfg.model.options()["hidden"] == [4, 2]
+
+
+def test_monitor_that_the_data_cannot_give_fails_early(learnable, tmp_path):
+    import yaml
+
+    spec = yaml.safe_load(learnable.read_text())
+    spec["schema"].pop("group_key")
+    learnable.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="needs a group_key"):
+        run(learnable, tmp_path / "r", monitor="gauc")
+    with pytest.raises(ValueError, match="monitor_task='clik'"):
+        run(learnable, tmp_path / "r", monitor_task="clik")
+    assert not (tmp_path / "r").exists()
+
+
+def test_fresh_run_in_an_old_run_dir_starts_a_fresh_log(learnable, tmp_path):
+    run(learnable, tmp_path / "run", epochs=2)
+    run(learnable, tmp_path / "run", epochs=1, resume=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r_["epoch"] for r_ in lines if r_["split"] == "train"] == [0]

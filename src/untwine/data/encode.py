@@ -287,7 +287,7 @@ def _vector_block(col: pa.ChunkedArray, f: Feature, path_hint: str) -> np.ndarra
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        col = pc.cast(pc.split_pattern(col, f.delimiter if f.delimiter != "|" else " "), pa.list_(pa.float32()))
+        col = pc.cast(pc.split_pattern(pc.utf8_trim_whitespace(col), f.delimiter), pa.list_(pa.float32()))
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(np.nan_to_num(lengths, nan=-1) != f.dim)
     if bad.size:

@@ -97,10 +97,11 @@ def file_columns(spec: DatasetSpec, path: Path) -> list[str]:
         if not spec.column_names:
             raise ValueError(f"{path}: a {spec.format} file without header needs column_names")
         return list(spec.column_names)
+    import csv
+
     delim = "\t" if spec.format == "tsv" else ","
     with open(path, newline="") as fh:
-        first = fh.readline().rstrip("\r\n")
-    return first.split(delim)
+        return next(csv.reader(fh, delimiter=delim), [])  # handles quoted names
 
 
 # ---------------------------------------------------------------- parquet
@@ -124,7 +125,8 @@ def _csv_chunks(path: Path, spec: DatasetSpec, types: ColumnTypes, on_bad_rows: 
     delim = "\t" if spec.format == "tsv" else ","
     names = file_columns(spec, path)
     header_lines = 1 if spec.header else 0
-    wanted = list(dict.fromkeys(types.strings + types.numbers + types.required))
+    # vector columns in text files are delimited strings, parsed by the encoder
+    wanted = list(dict.fromkeys(types.strings + types.numbers + types.required + types.lists))
     missing = [c for c in wanted if c not in names]
     if missing:
         raise BadInputError(f"{path}: missing column(s) {missing}; file has {names}")

@@ -60,6 +60,15 @@ def resolve_dataset(name_or_path: str, base_dir: str | Path | None = None) -> Da
                             f"({sorted(RECIPES)})")
 
 
+def check_monitor(tc: TrainConfig, spec: DatasetSpec) -> None:
+    """Fail before any work when early stopping watches something the dataset cannot give."""
+    tasks = spec.schema.task_names
+    if tc.monitor_task != "mean" and tc.monitor_task not in tasks:
+        raise ValueError(f"train.monitor_task={tc.monitor_task!r} is not a task of {spec.name!r}; tasks: {tasks}")
+    if tc.monitor == "gauc" and not spec.schema.group_key:
+        raise ValueError(f"train.monitor=gauc needs a group_key in the schema of {spec.name!r}")
+
+
 def make_loaders(prepared: PreparedData, spec: DatasetSpec, cfg: TrainConfig, info: DistInfo):
     schema = spec.schema
     loaders = {}
@@ -103,6 +112,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
         torch.set_num_threads(tc.threads)
     run_dir = Path(run_dir or cfg.run_dir or f"runs/{Path(cfg.dataset).stem}-{cfg.model.name}-s{tc.seed}")
     spec = resolve_dataset(cfg.dataset, cfg.base_dir)
+    check_monitor(tc, spec)
     t0 = time.perf_counter()
     prepared = prepare(spec, on_bad_rows=tc.on_bad_rows, progress=tc.progress and info.is_main, log=log)
     prepare_seconds = time.perf_counter() - t0

@@ -45,7 +45,8 @@ class DistInfo:
         if world <= 1:
             return cls()
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            # training runs on the CPU for now (gloo); nccl needs CUDA tensors
+            dist.init_process_group(backend="gloo")
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
@@ -213,6 +214,8 @@ class Trainer:
         state = {"best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
                  "train_samples": 0}
         start = 0
+        if not (resume and (self.run_dir / "last.pt").exists()) and self.info.is_main:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
         if resume and (loaded := self._load_last()) is not None:
             last_epoch, state = loaded
             start = last_epoch + 1
@@ -223,10 +226,16 @@ class Trainer:
         for epoch in range(start, cfg.epochs):
             train.set_epoch(epoch)
             loss_sum, seen, seconds = self._train_epoch(train, epoch)
+            if self.info.world_size > 1:  # ranks may see slightly different row counts (last batch)
+                total = torch.tensor([seen], dtype=torch.long)
+                dist.all_reduce(total)
+                seen_all = int(total.item())
+            else:
+                seen_all = seen
             state["train_seconds"] += seconds
-            state["train_samples"] += seen * self.info.world_size
-            record = {"epoch": epoch, "split": "train", "loss": loss_sum, "samples": seen * self.info.world_size,
-                      "seconds": seconds, "samples_per_s": seen * self.info.world_size / max(seconds, 1e-9)}
+            state["train_samples"] += seen_all
+            record = {"epoch": epoch, "split": "train", "loss": loss_sum, "samples": seen_all,
+                      "seconds": seconds, "samples_per_s": seen_all / max(seconds, 1e-9)}
             self._log_jsonl(record)
             if valid is not None:
                 t0 = time.perf_counter()
@@ -234,7 +243,7 @@ class Trainer:
                 score = self.score(metrics)
                 self._log_jsonl({"epoch": epoch, "split": "valid", "metrics": metrics,
                                  "seconds": time.perf_counter() - t0})
-                improved = score > state["best_score"]
+                improved = score > state["best_score"] or state["best_epoch"] < 0  # NaN never blocks a first save
                 if improved:
                     state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
                     if self.info.is_main:
