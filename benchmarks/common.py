@@ -37,6 +37,14 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024
 
 
+def peak_rss_self_mb() -> float:
+    """This process's high-water RSS (VmHWM): unlike ru_maxrss it is not inherited across fork+exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def mean_std(xs: list[float]) -> str:
     xs = [x for x in xs if x == x]
     if not xs:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, RESULTS, ROOT, WORK, machine, run_json, write_json  # noqa: E402
+from common import peak_rss_self_mb as peak_rss_mb, PY, RESULTS, ROOT, WORK, machine, run_json, write_json  # noqa: E402
 
 
 def child(args) -> None:
@@ -31,7 +31,7 @@ def child(args) -> None:
     t0 = time.perf_counter()
     p = prepare(DatasetSpec.from_yaml(args.yaml), cache_dir=cache)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "rows": p.rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "rows": p.rows, "peak_rss_mb": peak_rss_mb()}))
 
 
 def make_big_csv(rows: int) -> Path:

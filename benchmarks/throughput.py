@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, RESULTS, ROOT, WORK, machine, run_json, write_json  # noqa: E402
+from common import peak_rss_self_mb as peak_rss_mb, PY, RESULTS, ROOT, WORK, machine, run_json, write_json  # noqa: E402
 
 BATCH = {"t1": 4096, "p1": 1024, "p2": 1024}
 
@@ -132,7 +132,7 @@ def child_bound(a) -> dict:
 def child_main(a) -> None:
     fn = {"untwine": child_untwine, "bound": child_bound}[a.child]
     out = fn(a)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
@@ -165,7 +165,10 @@ def main() -> None:
         return child_main(a)
     rows = []
     for ds in a.datasets:
-        dataset_yaml(ds)  # build once, outside the timings
+        from untwine.core.dataset_spec import DatasetSpec
+        from untwine.data.encode import prepare
+
+        prepare(DatasetSpec.from_yaml(dataset_yaml(ds)))  # recipe files and encoded cache built outside the timings
         numerics = ["raw", "embed"] if ds == "t1" else ["embed"]
         for model in a.models:
             for numeric in numerics:

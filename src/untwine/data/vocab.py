@@ -117,7 +117,7 @@ class CountAccumulator:
         vc = pc.value_counts(values)
         self._parts.append(pa.table({"v": vc.field("values"), "c": vc.field("counts")}))
         self._rows += sum(len(p) for p in self._parts[-1:])
-        if len(self._parts) >= 16:
+        if len(self._parts) >= 4:  # bounded memory: merge partial counts often
             self._parts = [self._merged()]
 
     def _merged(self) -> pa.Table:

@@ -1,0 +1,36 @@
+"""`make bench`: every benchmark of the foundation, one after another (about an hour on 2 cores).
+
+    python benchmarks/run.py [--quick]
+
+1. throughput: T1 and P1, DNN and DCN-V2, untwine vs model-bound loop vs peers (benchmarks/throughput.py)
+2. data preparation: T1 vs FuxiCTR's build, and a 5M-row CSV (benchmarks/prepare_bench.py)
+3. accuracy: P1 and P2, DNN / DeepFM / DCN-V2, seeds 1-3 (benchmarks/accuracy.py)
+Peers run only when benchmarks/peers/.venv exists (`make bench-peers` creates it).
+Run on an otherwise idle machine: timings under load are meaningless.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="P1 only, one seed, no 5M CSV")
+    a = ap.parse_args()
+    py = sys.executable
+    steps = [[py, str(HERE / "throughput.py")] + (["--datasets", "p1"] if a.quick else []),
+             [py, str(HERE / "prepare_bench.py")] + (["--skip-5m"] if a.quick else []),
+             [py, str(HERE / "accuracy.py"), "--protocols", "p1", "--tag", "p1"] + (["--seeds", "1"] if a.quick else []),
+             [py, str(HERE / "accuracy.py"), "--protocols", "p2", "--tag", "p2"] + (["--seeds", "1"] if a.quick else [])]
+    for cmd in steps:
+        print("+", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
