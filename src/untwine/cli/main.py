@@ -80,7 +80,7 @@ def data_download(name: str = typer.Argument(..., help="dataset name"),
 
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="where the data and runs go"),
-               impressions: int = typer.Option(300_000, help="simulated impressions"),
+               impressions: int = typer.Option(1_000_000, help="simulated impressions"),
                seed: int = typer.Option(2024)) -> None:
     """Simulate an ads log, train DNN and DCN-V2 on it, and compare with the oracle AUC."""
     from untwine.sim import SimConfig, write_dataset
