@@ -1,26 +1,3 @@
 """Evaluation metrics (numpy only)."""
-from untwine.metrics.classification import (
-    GroupAUC,
-    auc,
-    binary_report,
-    calibration,
-    gauc,
-    logloss,
-    normalized_entropy,
-    reliability_curve,
-    rig,
-    uauc,
-)
-
-__all__ = [
-    "GroupAUC",
-    "auc",
-    "gauc",
-    "uauc",
-    "logloss",
-    "normalized_entropy",
-    "rig",
-    "calibration",
-    "binary_report",
-    "reliability_curve",
-]
+from untwine.metrics.classification import *  # noqa: F401,F403  (the public names are classification.__all__)
+from untwine.metrics.classification import __all__  # noqa: F401
