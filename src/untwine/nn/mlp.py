@@ -17,6 +17,7 @@ class MLP(nn.Module):
         dropout: dropout rate after each hidden activation.
         batch_norm: BatchNorm1d after each hidden linear layer.
         layer_norm: LayerNorm after each hidden linear layer.
+        xavier_init: xavier-normal weights and zero biases instead of PyTorch's default.
 
     Example::
 
@@ -25,7 +26,7 @@ class MLP(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0,
-                 batch_norm: bool = False, layer_norm: bool = False) -> None:
+                 batch_norm: bool = False, layer_norm: bool = False, xavier_init: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         d = in_dim
@@ -44,6 +45,11 @@ class MLP(nn.Module):
             d = out_dim
         self.net = nn.Sequential(*layers)
         self.out_dim = d
+        if xavier_init:  # FuxiCTR's initialisation: xavier-normal weights, zero biases
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_normal_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_dim) -> (B, out_dim)
         return self.net(x)
