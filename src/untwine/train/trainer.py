@@ -33,6 +33,7 @@ CHECKPOINT_VERSION = 1
 class DistInfo:
     rank: int = 0
     world_size: int = 1
+    device: str = "cpu"  # cuda:<local rank> when CUDA is available
 
     @property
     def is_main(self) -> bool:
@@ -42,12 +43,15 @@ class DistInfo:
     def from_env(cls) -> "DistInfo":
         """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        cuda = torch.cuda.is_available()
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
         if world <= 1:
-            return cls()
+            return cls(device=device)
         if not dist.is_initialized():
-            # training runs on the CPU for now (gloo); nccl needs CUDA tensors
-            dist.init_process_group(backend="gloo")
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
+            if cuda:
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
 def gather_arrays(arrays: dict[str, np.ndarray], info: DistInfo) -> dict[str, np.ndarray]:
@@ -89,14 +93,14 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
 
 # ------------------------------------------------------------------ evaluation
 @torch.inference_mode()
-def predict(model: nn.Module, loader: BatchLoader) -> dict[str, np.ndarray]:
+def predict(model: nn.Module, loader: BatchLoader, device: str = "cpu") -> dict[str, np.ndarray]:
     """Probabilities, labels, masks and groups of every row the loader yields (this rank's share)."""
     was_training = model.training
     model.eval()
     probs, labels, masks, groups = [], [], [], []
     for batch in loader:
-        out = model(batch)
-        probs.append(torch.sigmoid(torch.stack(list(out.values()), dim=1)).float().numpy())
+        out = model(batch.to(device, non_blocking=True) if device != "cpu" else batch)
+        probs.append(torch.sigmoid(torch.stack(list(out.values()), dim=1)).float().cpu().numpy())
         labels.append(batch.labels.numpy())
         if batch.label_mask is not None:
             masks.append(batch.label_mask.numpy())
@@ -145,11 +149,13 @@ class Trainer:
         self.raw_model = model
         self.tasks, self.task_weights, self.cfg = tasks, task_weights, cfg
         self.run_dir, self.info, self.log = Path(run_dir), info, log
+        model.to(info.device)
         self.optimizers = build_optimizers(model, cfg)  # before DDP: decides sparse gradients
         self.model = model
         if info.world_size > 1:
             # buffers here are constants (field offsets): no need to broadcast them every step
-            self.model = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[info.device] if info.device != "cpu" else None, forward_sync_buffers=False)
         self._tb = None
 
     # ---- monitoring
@@ -161,7 +167,7 @@ class Trainer:
 
     def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
         # the unwrapped model: ranks may score different numbers of batches, so no collective per forward
-        pred = gather_arrays(predict(self.raw_model, loader), self.info)
+        pred = gather_arrays(predict(self.raw_model, loader, self.info.device), self.info)
         return task_metrics(pred, self.tasks)
 
     # ---- logging
@@ -227,7 +233,7 @@ class Trainer:
             train.set_epoch(epoch)
             loss_sum, seen, seconds = self._train_epoch(train, epoch)
             if self.info.world_size > 1:  # ranks may see slightly different row counts (last batch)
-                total = torch.tensor([seen], dtype=torch.long)
+                total = torch.tensor([seen], dtype=torch.long, device=self.info.device)
                 dist.all_reduce(total)
                 seen_all = int(total.item())
             else:
@@ -288,6 +294,8 @@ class Trainer:
         loss_total, seen, steps = 0.0, 0, 0
         t0 = time.perf_counter()
         for batch in loader:
+            if self.info.device != "cpu":
+                batch = batch.to(self.info.device, non_blocking=True)
             out = self.model(batch)
             loss, _ = multitask_bce(out, batch, self.task_weights)
             for o in self.optimizers:
