@@ -8,7 +8,6 @@ Bad rows (wrong width, a non-numeric value in a numeric column, an empty label) 
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,8 +280,3 @@ def _convert(table: pa.Table, types: ColumnTypes, path: Path, where, on_bad_rows
     if keep is not None:
         result = result.filter(pa.array(keep))
     return result
-
-
-def float_pattern() -> re.Pattern:
-    """The accepted spelling of a number in text files (exposed for docs and tests)."""
-    return re.compile(_FLOAT_RE)

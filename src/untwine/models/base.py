@@ -68,15 +68,6 @@ def build_model(name: str, space: FeatureSpace, config: dict | BaseModel | None 
     return MODELS.build(name, space, config=config)
 
 
-def linear_logits(emb: FieldEmbedding, batch: Batch, dense: nn.Linear | None) -> Tensor:
-    """First-order term: sum of per-field weights (an embedding of width T) plus raw numerics."""
-    fields, raw = emb(batch)  # (B, F, T)
-    out = fields.sum(dim=1)
-    if dense is not None and raw is not None:
-        out = out + dense(raw)
-    return out
-
-
 class FirstOrder(nn.Module):
     """w_0 + sum_i w_{x_i} + w_num . x_num, one output per task: the LR part of LR/FM/DeepFM."""
 
@@ -87,4 +78,6 @@ class FirstOrder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 
     def forward(self, batch: Batch) -> Tensor:  # -> (B, T)
-        return linear_logits(self.emb, batch, self.dense) + self.bias
+        fields, raw = self.emb(batch)  # (B, F, T), (B, F_num) or None
+        out = fields.sum(dim=1) + self.bias
+        return out if self.dense is None else out + self.dense(raw)
