@@ -26,7 +26,9 @@ import pytest
 import torch
 
 from untwine.core.batch import Batch
-from untwine.core.features import FeatureSpace
+import numpy as np
+
+from untwine.core.features import FeatureSpace, NumericStats
 from untwine.core.schema import Feature, Label, Schema
 
 
@@ -48,12 +50,19 @@ def _space(num_labels: int = 1, *, categorical: bool = True, multi: bool = True,
         feats.append(Feature(name="hist", kind="sequence", group="user", max_len=5, vocab_from="item_id",
                              side_fields={"cate": "item_cate"} if side else {}))
         vocab["hist"] = vocab["item_id"]
+    stats: dict[str, NumericStats] = {}
     if numeric:
         feats += [Feature(name="price", kind="numeric"), Feature(name="age", kind="numeric", group="user")]
+        # raw values are 3 * N(0, 1) + 1 in _batch: the quantiles of that distribution
+        q = tuple(float(v) for v in 1 + 3 * np.sort(np.random.default_rng(0).standard_normal(20_000))[
+            np.linspace(0, 19_999, 1001).astype(int)])
+        stats = {n: NumericStats(transform="standard", mean=1.0, std=3.0, min=q[0], max=q[-1], count=20_000,
+                                 missing=0, quantiles=q) for n in ("price", "age")}
     if vector:
         feats.append(Feature(name="img", kind="vector", dim=5))
+        feats.append(Feature(name="user_img", kind="vector", dim=5, group="user", pair="img"))
     labels = [Label(name="click"), Label(name="buy")][:num_labels]
-    return FeatureSpace(schema=Schema(features=feats, labels=labels), vocab_sizes=vocab)
+    return FeatureSpace(schema=Schema(features=feats, labels=labels), vocab_sizes=vocab, numeric_stats=stats)
 
 
 def _padded_ids(n: int, max_len: int, vocab: int, g: torch.Generator, lengths: torch.Tensor | None = None):
@@ -87,6 +96,9 @@ def _batch(space: FeatureSpace, n: int, seed: int = 0) -> Batch:
     if s.numeric:
         b.numeric = torch.randn(n, len(s.numeric), generator=g)
         b.numeric_raw = b.numeric * 3 + 1
+        if n > 2:  # one missing value (NaN raw, 0 normalised) so the missing path is exercised
+            b.numeric_raw[2, 0] = float("nan")
+            b.numeric[2, 0] = 0.0
     for f in s.vectors:
         b.vectors[f.name] = torch.randn(n, f.dim, generator=g)
     b.labels = torch.randint(0, 2, (n, len(s.labels)), generator=g).float()

@@ -33,7 +33,14 @@ if "dcnv2" in NAMES:
                  ("dcnv2", {"structure": "stacked", "low_rank": 2, "num_experts": 2}),
                  ("dcnv2", {"numeric": "raw"})]
 if "dnn" in NAMES:
-    VARIANTS += [("dnn", {"numeric": "raw"}), ("dnn", {"batch_norm": True, "dropout": 0.2})]
+    VARIANTS += [("dnn", {"numeric": "raw"}), ("dnn", {"batch_norm": True, "dropout": 0.2}),
+                 ("dnn", {"numeric_encoder": "bucket"}), ("dnn", {"numeric_encoder": "mnse"}),
+                 ("dnn", {"numeric_encoder": {"name": "mnse", "combine": "concat", "transform": "log1p"}}),
+                 ("dnn", {"vector_encoder": "similarity"}), ("dnn", {"vector_encoder": "drop"})]
+if "tin" in NAMES:
+    VARIANTS += [("tin", {"sequence_encoder": {"name": "tim", "temporal_encoding": False}}),
+                 ("tin", {"sequence_encoder": {"name": "tim", "target_aware_representation": False}}),
+                 ("tin", {"sequence_encoder": {"name": "tim", "time_combine": "concat"}})]
 
 
 def variant_id(name: str, extra: dict) -> str:

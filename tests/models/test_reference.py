@@ -46,11 +46,13 @@ def naive_fields(fe: FieldEmbedding, space, batch) -> torch.Tensor:
     for b in range(len(batch)):
         fields = [rows(f.name)[batch.categorical[b, j]] for j, f in enumerate(s.categorical)]
         fields += [pool(rows(f.name), batch.multi[f.name][b], f.pooling) for f in s.multi_categorical]
-        fields += [pool(rows(f.name), batch.seq[f.name][b], f.pooling) for f in s.sequences]
-        fields += [pool(rows(ref), batch.seq[f"{f.name}.{side}"][b], f.pooling)
-                   for f in s.sequences for side, ref in f.side_fields.items()]
-        if fe.numeric_mode == "embed":
-            fields += [batch.numeric[b, k] * fe.numeric_weight[k] for k in range(len(s.numeric))]
+        for f in s.sequences:  # each sequence: its items, then its side fields
+            fields.append(pool(rows(f.name), batch.seq[f.name][b], f.pooling))
+            fields += [pool(rows(ref), batch.seq[f"{f.name}.{side}"][b], f.pooling) for side, ref in f.side_fields.items()]
+        if fe.numeric is not None:
+            scaled = fe.numeric.groups[0]  # value x field vector, the field's missing vector for NaN
+            fields += [scaled.missing[k] if batch.numeric_raw[b, k].isnan() else batch.numeric[b, k] * scaled.weight[k]
+                       for k in range(len(s.numeric))]
         for f in s.vectors:
             lin = fe.vector_proj[f.name]
             fields.append(lin.weight @ batch.vectors[f.name][b] + lin.bias)

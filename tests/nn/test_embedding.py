@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from untwine.core.schema import VectorEncoding
 from untwine.nn.embedding import FieldEmbedding, masked_mean
 
 D = 4
@@ -40,14 +41,15 @@ def naive_fields(fe: FieldEmbedding, space, batch) -> torch.Tensor:
             fields.append(sl[f.name][batch.categorical[b, j]])
         for f in s.multi_categorical:
             fields.append(pool(sl[f.name], batch.multi[f.name][b], f.pooling))
-        for f in s.sequences:
+        for f in s.sequences:  # each sequence: its items, then its side fields
             fields.append(pool(sl[f.name], batch.seq[f.name][b], f.pooling))
-        for f in s.sequences:
             for side, ref in f.side_fields.items():
                 fields.append(pool(sl[ref], batch.seq[f"{f.name}.{side}"][b], f.pooling))
-        if fe.numeric_mode == "embed":
+        if fe.numeric is not None:
+            scaled = fe.numeric.groups[0]  # value x field vector, the field's missing vector for NaN
             for k, _ in enumerate(s.numeric):
-                fields.append(batch.numeric[b, k] * fe.numeric_weight[k])
+                fields.append(scaled.missing[k] if batch.numeric_raw[b, k].isnan()
+                              else batch.numeric[b, k] * scaled.weight[k])
         for f in s.vectors:
             W, bias = fe.vector_proj[f.name].weight, fe.vector_proj[f.name].bias
             fields.append(W @ batch.vectors[f.name][b] + bias)
@@ -106,7 +108,7 @@ def test_field_count(make_space):
     s = space.schema
     expected = (len(s.categorical) + len(s.multi_categorical) + len(s.sequences)
                 + sum(len(f.side_fields) for f in s.sequences) + len(s.numeric) + len(s.vectors))
-    assert _fe(space).num_fields == expected == 3 + 2 + 2 + 2 + 1
+    assert _fe(space).num_fields == expected == 3 + 2 + 2 + 2 + 2
 
 
 def test_empty_batch(make_space, make_batch):
@@ -215,7 +217,9 @@ def test_numeric_embed_is_value_times_field_vector(make_space, make_batch):
     for k in range(len(space.schema.numeric)):
         for b in range(5):
             # the normalised value (batch.numeric), not numeric_raw
-            torch.testing.assert_close(fields[b, n_cat + k], batch.numeric[b, k] * fe.numeric_weight[k])
+            scaled = fe.numeric.groups[0]
+            want = scaled.missing[k] if batch.numeric_raw[b, k].isnan() else batch.numeric[b, k] * scaled.weight[k]
+            torch.testing.assert_close(fields[b, n_cat + k], want)
 
 
 def test_numeric_raw_mode_returns_dense_block(make_space, make_batch):
@@ -224,7 +228,7 @@ def test_numeric_raw_mode_returns_dense_block(make_space, make_batch):
     n_num = len(space.schema.numeric)
     assert raw_fe.num_fields == emb_fe.num_fields - n_num
     assert raw_fe.output_dim == raw_fe.num_fields * D + n_num
-    assert not hasattr(raw_fe, "numeric_weight")
+    assert raw_fe.numeric is None
     batch = make_batch(space, 4, seed=6)
     fields, dense = raw_fe(batch)
     assert fields.shape == (4, raw_fe.num_fields, D)
@@ -245,7 +249,37 @@ def test_vector_feature_is_projected(make_space, make_batch):
     v = batch.vectors["img"]
     expected = torch.stack([torch.stack([sum(proj.weight[i, k] * v[b, k] for k in range(5)) + proj.bias[i]
                                          for i in range(D)]) for b in range(3)])
-    torch.testing.assert_close(fields[:, -1], expected)
+    torch.testing.assert_close(fields[:, -2], expected)  # the last field is user_img's projection
+
+
+def test_similarity_encoding_is_mnse_of_the_mapped_cosine(make_space, make_batch):
+    space = make_space(multi=False, seq=False, numeric=False)
+    fe = _fe(space, vector_encoding=VectorEncoding(name="similarity", max_value=20))
+    assert not fe.vector_proj and fe.pairs == [("user_img", "img")]
+    batch = make_batch(space, 6, seed=7)
+    batch.vectors["user_img"][1] = 0.0  # no user vector: the missing slot
+    batch.vectors["img"][4] = -2.5 * batch.vectors["user_img"][4]  # cosine -1 -> code 0
+    fields, _ = fe(batch)
+    assert fields.shape[1] == fe.num_fields == 3 + 1
+    for b in range(6):
+        u, v = batch.vectors["user_img"][b], batch.vectors["img"][b]
+        if b == 1:
+            want = fe.similarity(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))[0, 0]
+        else:
+            cos = float(u @ v / (u.norm() * v.norm()))
+            code = round((cos + 1) / 2 * 20)
+            assert b != 4 or code == 0
+            want = fe.similarity.value_table(0)[code]
+        torch.testing.assert_close(fields[b, -1], want)
+    # the cosine ignores the vectors' scale
+    batch.vectors["img"] = batch.vectors["img"] * 7.0
+    torch.testing.assert_close(fe(batch)[0], fields)
+
+
+def test_drop_encoding_ignores_vectors(make_space, make_batch):
+    space = make_space(multi=False, seq=False, numeric=False)
+    fe = _fe(space, vector_encoding=VectorEncoding(name="drop"))
+    assert fe.num_fields == 3 and fe(make_batch(space, 2))[0].shape == (2, 3, D)
 
 
 def test_init_std_is_honoured(make_space):

@@ -18,6 +18,10 @@ class NumericStats:
     max: float
     count: int
     missing: int
+    # values at probabilities 0, 1/Q, ..., 1 (Q = len - 1) of the raw training values (missing excluded), from a
+    # bounded uniform sample: equal-frequency bins and the quantile transform of MNSE read them
+    quantiles: tuple[float, ...] = ()
+    integer: bool = False  # every training value is a whole number (ordinal / count feature)
 
 
 @dataclass(frozen=True)
@@ -48,4 +52,5 @@ class FeatureSpace:
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpace":
         return cls(schema=Schema.model_validate(d["schema"]), vocab_sizes=dict(d["vocab_sizes"]),
-                   numeric_stats={k: NumericStats(**v) for k, v in d["numeric_stats"].items()})
+                   numeric_stats={k: NumericStats(**{**v, "quantiles": tuple(v.get("quantiles", ()))})
+                                  for k, v in d["numeric_stats"].items()})

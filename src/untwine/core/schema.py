@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,6 +39,85 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _Encoding(_Frozen):
+    """Base of the per-kind encoder choices; a bare string is shorthand for ``{name: <string>}``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+class NumericEncoding(_Encoding):
+    """How a numeric feature becomes a field vector.
+
+    - ``scaled``: the normalised value times a learned vector (FuxiCTR's numeric embedding);
+    - ``bucket``: equal-frequency bins fitted on train (``buckets`` of them), one vector per bin;
+    - ``mnse``: the value mapped to an integer in [0, ``max_value``] by ``transform`` (``identity``: shift
+      by the train minimum, scaled down only if the range exceeds M; ``log1p``; ``quantile``: M times the
+      train CDF), written in every base of ``bases``, one learned vector per (base, position, digit),
+      summed within a base, bases combined by ``sum`` or ``concat`` + linear.
+
+    Every encoding gives a missing value (NaN) its own learned vector.
+    """
+
+    name: Literal["scaled", "bucket", "mnse"]
+    buckets: int = Field(20, ge=2)
+    max_value: int = Field(1000, ge=1)
+    bases: tuple[int, ...] = (2, 3, 10)
+    transform: Literal["identity", "log1p", "quantile"] = "quantile"
+    combine: Literal["sum", "concat"] = "sum"
+
+    @model_validator(mode="after")
+    def _check_bases(self) -> "NumericEncoding":
+        if not self.bases or any(b < 2 for b in self.bases):
+            raise ValueError(f"mnse bases must be integers >= 2, got {list(self.bases)}")
+        return self
+
+
+class SequenceEncoding(_Encoding):
+    """How a behaviour sequence becomes fields (one per embedded part: item, then each side field).
+
+    - ``pool``: masked mean or sum (the feature's ``pooling``);
+    - ``din``: DIN's unnormalised attention, an MLP (``attention_hidden``) over [b, a, b - a, b * a];
+    - ``tim``: the Temporal Interest Module: target-aware temporal encoding (a learned vector per
+      bucket of t_target - t_i, buckets log-spaced: bucket k covers gaps up to
+      ``time_unit`` * (``time_base``^k - 1), ``time_buckets`` in all; relative position when the
+      sequence has no timestamps), combined with the behaviour by ``time_combine`` (``sum``, or
+      ``concat`` which adds one field), scaled dot-product target attention over non-padded
+      behaviours, and the target-aware representation (sum_i alpha_i b~_i) * a~.
+      ``temporal_encoding: false`` and ``target_aware_representation: false`` are the ablations.
+
+    ``target``: the categorical feature the attention compares against (default: ``vocab_from``).
+    """
+
+    name: Literal["pool", "din", "tim"]
+    target: str | None = None
+    attention_hidden: tuple[int, ...] = (80, 40)
+    temporal_encoding: bool = True
+    target_aware_representation: bool = True
+    time_combine: Literal["sum", "concat"] = "sum"
+    time_buckets: int = Field(32, ge=2)
+    time_base: float = Field(2.0, gt=1)
+    time_unit: float = Field(1.0, gt=0)  # seconds
+
+
+class VectorEncoding(_Encoding):
+    """How pre-trained vector features become fields.
+
+    - ``project``: the raw vector through a linear layer (one field per vector feature);
+    - ``similarity``: for a vector feature with a ``pair``, s = cos(vector, pair) mapped from [-1, 1] to
+      an integer in [0, ``max_value``] and MNSE-encoded (``bases``, ``combine``); a zero vector on
+      either side is missing and gets its own vector; one field per pair, unpaired vectors projected;
+    - ``drop``: vector features are ignored (the baseline without them).
+    """
+
+    name: Literal["project", "similarity", "drop"]
+    max_value: int = Field(100, ge=1)
+    bases: tuple[int, ...] = (2, 3, 10)
+    combine: Literal["sum", "concat"] = "sum"
+
+
 class Feature(_Frozen):
     """One input feature.
 
@@ -49,7 +128,12 @@ class Feature(_Frozen):
       the ``max_len`` most recent kept; shares the vocabulary of ``vocab_from`` (the target's field);
       optional ``timestamps`` column (same delimiter, same length) and ``side_fields``
       (name of the sequence of side values -> the categorical feature whose vocabulary it uses).
-    - ``vector``: a pre-trained embedding of width ``dim``, stored as a list column or delimited text.
+    - ``vector``: a pre-trained embedding of width ``dim``, stored as a list column or delimited text;
+      ``pair`` names the vector on the other side (user vs item) for similarity encoding.
+
+    ``encoding`` chooses this feature's encoder (numeric, sequence and vector kinds; see
+    :class:`NumericEncoding`, :class:`SequenceEncoding`, :class:`VectorEncoding`); when unset the
+    model config's default for the kind applies.
     """
 
     name: str
@@ -70,6 +154,9 @@ class Feature(_Frozen):
     transform: Literal["none", "standard", "log1p_standard", "minmax"] = "standard"
     # vector
     dim: int | None = Field(None, ge=1)
+    pair: str | None = None
+    # encoder override (else the model's default for this kind)
+    encoding: Union[NumericEncoding, SequenceEncoding, VectorEncoding, None] = Field(None, union_mode="left_to_right")
 
     @property
     def source(self) -> str:
@@ -84,6 +171,12 @@ class Feature(_Frozen):
             raise ValueError(f"feature {self.name!r}: kind vector needs dim")
         if (self.timestamps or self.side_fields) and k is not FeatureKind.SEQUENCE:
             raise ValueError(f"feature {self.name!r}: timestamps/side_fields only apply to sequences")
+        if self.pair is not None and k is not FeatureKind.VECTOR:
+            raise ValueError(f"feature {self.name!r}: pair only applies to vector features")
+        wanted = {FeatureKind.NUMERIC: NumericEncoding, FeatureKind.SEQUENCE: SequenceEncoding,
+                  FeatureKind.VECTOR: VectorEncoding}
+        if self.encoding is not None and not isinstance(self.encoding, wanted.get(k, ())):
+            raise ValueError(f"feature {self.name!r}: encoding {self.encoding.name!r} does not apply to kind {k.value}")
         return self
 
 
@@ -105,6 +198,7 @@ class Schema(_Frozen):
     labels: list[Label]
     weight: str | None = None  # optional per-sample weight column
     group_key: str | None = None  # user or request id for GAUC / per-group losses
+    timestamp: str | None = None  # the sample's event time (int seconds): the target time of sequences
 
     @model_validator(mode="after")
     def _check_names(self) -> "Schema":
@@ -124,6 +218,13 @@ class Schema(_Frozen):
             for side, ref_name in f.side_fields.items():
                 if ref_name not in by_name:
                     raise ValueError(f"feature {f.name!r}: side field {side!r} uses unknown feature {ref_name!r}")
+            if f.pair is not None:
+                other = by_name.get(f.pair)
+                if other is None or other.kind is not FeatureKind.VECTOR or other.dim != f.dim:
+                    raise ValueError(f"feature {f.name!r}: pair={f.pair!r} must name a vector feature of dim {f.dim}")
+            enc = f.encoding
+            if isinstance(enc, SequenceEncoding) and enc.target is not None and enc.target not in by_name:
+                raise ValueError(f"feature {f.name!r}: encoding target {enc.target!r} is not a feature")
         return self
 
     # ---- views by kind, in declaration order (the order of columns in encoded blocks) ----
@@ -178,6 +279,8 @@ class Schema(_Frozen):
             cols.append(self.weight)
         if self.group_key:
             cols.append(self.group_key)
+        if self.timestamp:
+            cols.append(self.timestamp)
         return list(dict.fromkeys(cols))
 
     # ---- IO ----

@@ -12,7 +12,8 @@ Arrays per split: ``categorical`` (N, F_cat) int32, ``numeric`` (N, F_num) float
 (missing -> 0), ``numeric_raw`` (N, F_num) float32 (missing -> NaN), ``multi.<f>`` (N, L) int32,
 ``seq.<f>`` (N, L) int32 (+ ``seq.<f>.ts`` int64, ``seq.<f>.<side>`` int32), ``vec.<f>`` (N, d)
 float32, ``labels`` (N, T) float32, ``label_mask`` (N, T) float32 if any task is masked,
-``weights`` (N,) float32, ``groups`` (N,) int64. Padding id is 0 everywhere.
+``weights`` (N,) float32, ``groups`` (N,) int64, ``timestamp`` (N,) int64 (the sample's event time).
+Padding id is 0 everywhere.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from untwine.core.schema import Feature, FeatureKind, Schema
 from untwine.data.readers import BadInputError, BadRowReport, ColumnTypes, OnBadRows, file_columns, iter_chunks
 from untwine.data.vocab import MISSING, CountAccumulator, Vocab, fnv1a64
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2  # 2: numeric quantiles and integer flag, sample timestamps
 
 
 # ------------------------------------------------------------------ schema vs data
@@ -58,6 +59,8 @@ def column_types(schema: Schema) -> ColumnTypes:
         numbers.append(schema.weight)
     if schema.group_key:
         strings.append(schema.group_key)
+    if schema.timestamp:
+        numbers.append(schema.timestamp)
     dedup = lambda xs: tuple(dict.fromkeys(xs))  # noqa: E731
     return ColumnTypes(strings=dedup(c for c in strings if c not in numbers), numbers=dedup(numbers),
                        required=dedup(labels), lists=dedup(lists))
@@ -92,9 +95,17 @@ def fingerprint(spec: DatasetSpec, on_bad_rows: str) -> str:
 
 
 # ------------------------------------------------------------------ fitting
+QUANTILE_POINTS = 1000  # quantiles at 0, 1/1000, ..., 1
+QUANTILE_SAMPLE = 200_000  # values kept per numeric feature to estimate them (uniform reservoir)
+
+
 class _NumericAccumulator:
     def __init__(self, transform: str) -> None:
         self.transform = transform
+        self.sample = np.empty(0, dtype=np.float64)
+        self.seen = 0  # finite raw values offered to the reservoir
+        self.integer = True
+        self.rng = np.random.default_rng(0)
         self.n = 0
         self.total = 0.0
         self.total_sq = 0.0
@@ -103,6 +114,7 @@ class _NumericAccumulator:
         self.missing = 0
 
     def add(self, x: np.ndarray) -> None:
+        self._reservoir(np.asarray(x, dtype=np.float64))
         y = _pre_transform(x, self.transform)
         ok = np.isfinite(y)
         self.missing += int((~ok).sum())
@@ -114,12 +126,32 @@ class _NumericAccumulator:
             self.lo = min(self.lo, float(y.min()))
             self.hi = max(self.hi, float(y.max()))
 
+    def _reservoir(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        if not x.size:
+            return
+        self.integer = self.integer and bool(np.all(x == np.round(x)))
+        room = max(QUANTILE_SAMPLE - self.sample.size, 0)
+        if room:
+            self.sample = np.concatenate([self.sample, x[:room]])
+            self.seen += min(room, x.size)
+            x = x[room:]
+        if x.size:  # each later value replaces a random slot with probability cap / (its index + 1)
+            idx = self.seen + np.arange(x.size)
+            slot = self.rng.integers(0, idx + 1)
+            keep = slot < QUANTILE_SAMPLE
+            self.sample[slot[keep]] = x[keep]
+            self.seen += x.size
+
     def stats(self) -> NumericStats:
         mean = self.total / self.n if self.n else 0.0
         var = max(self.total_sq / self.n - mean * mean, 0.0) if self.n else 0.0
+        q = (tuple(float(v) for v in np.quantile(self.sample, np.linspace(0, 1, QUANTILE_POINTS + 1)))
+             if self.sample.size else ())
         return NumericStats(transform=self.transform, mean=mean, std=float(np.sqrt(var)) or 1.0,
                             min=self.lo if self.n else 0.0, max=self.hi if self.n else 1.0,
-                            count=self.n, missing=self.missing)
+                            count=self.n, missing=self.missing, quantiles=q,
+                            integer=self.integer and self.sample.size > 0)
 
 
 def _pre_transform(x: np.ndarray, transform: str) -> np.ndarray:
@@ -271,7 +303,20 @@ def _encode_chunk(chunk: pa.Table, schema: Schema, vocabs: dict[str, Vocab], sta
         out["weights"] = np.nan_to_num(chunk.column(schema.weight).to_numpy(zero_copy_only=False), nan=1.0).astype(np.float32)
     if schema.group_key:
         out["groups"] = fnv1a64(chunk.column(schema.group_key)).view(np.int64)
+    if schema.timestamp:
+        out["timestamp"] = _timestamps(chunk.column(schema.timestamp), schema.timestamp, path_hint)
     return out
+
+
+def _timestamps(col: pa.ChunkedArray, name: str, path_hint: str) -> np.ndarray:
+    try:
+        ts = pc.cast(col, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise BadInputError(f"{path_hint}: timestamp column {name!r}: expected integer seconds ({e})") from None
+    if ts.null_count:
+        r = int(np.flatnonzero(pc.is_null(ts).to_numpy(zero_copy_only=False))[0])
+        raise BadInputError(f"{path_hint}: chunk row {r + 1}: timestamp column {name!r} is empty")
+    return ts.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _check_aligned(lengths: np.ndarray, other: pa.ListArray, name: str, col: str, path_hint: str) -> None:

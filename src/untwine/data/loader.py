@@ -83,6 +83,8 @@ def make_batch(data: SplitArrays, rows: np.ndarray | slice, columns: dict[str, t
         b.weights = floats(arr["weights"])
     if "groups" in arr:
         b.groups = torch.from_numpy(np.ascontiguousarray(take(arr["groups"])))
+    if "timestamp" in arr:
+        b.timestamp = torch.from_numpy(np.ascontiguousarray(take(arr["timestamp"])))
     return b
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from untwine.core.batch import Batch
 from untwine.core.features import FeatureSpace
 from untwine.core.registry import Registry
+from untwine.core.schema import NumericEncoding, SequenceEncoding, VectorEncoding
 from untwine.nn.embedding import FieldEmbedding
 
 
@@ -24,6 +25,10 @@ class RankingConfig(BaseModel):
     embedding_dim: int = Field(10, ge=1)
     embedding_init_std: float = Field(1e-4, gt=0)
     numeric: Literal["embed", "raw"] = "embed"
+    # encoders for features whose schema entry sets no ``encoding`` (a name or a full mapping)
+    numeric_encoder: NumericEncoding = NumericEncoding(name="scaled")
+    sequence_encoder: SequenceEncoding = SequenceEncoding(name="pool")
+    vector_encoder: VectorEncoding = VectorEncoding(name="project")
 
 
 class MLPConfig(RankingConfig):
@@ -49,7 +54,8 @@ class RankingModel(nn.Module):
     def field_embedding(self, dim: int | None = None, numeric: str | None = None) -> FieldEmbedding:
         c = self.config
         return FieldEmbedding(self.space, dim or c.embedding_dim, numeric_mode=numeric or c.numeric,
-                              init_std=c.embedding_init_std)
+                              init_std=c.embedding_init_std, numeric_encoding=c.numeric_encoder,
+                              sequence_encoding=c.sequence_encoder, vector_encoding=c.vector_encoder)
 
     def as_tasks(self, logits: Tensor) -> dict[str, Tensor]:  # (B, T) -> {task: (B,)}
         return {t: logits[:, i] for i, t in enumerate(self.tasks)}
@@ -73,7 +79,7 @@ class FirstOrder(nn.Module):
 
     def __init__(self, space: FeatureSpace, num_tasks: int, init_std: float) -> None:
         super().__init__()
-        self.emb = FieldEmbedding(space, num_tasks, numeric_mode="raw", init_std=init_std)
+        self.emb = FieldEmbedding(space, num_tasks, numeric_mode="raw", init_std=init_std, linear=True)
         self.dense = nn.Linear(self.emb.dense_dim, num_tasks) if self.emb.dense_dim else None
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 

@@ -2,9 +2,15 @@
 
 All vocabulary-owning features (categorical, multi-valued, sequences) live in one ``nn.Embedding``
 at per-feature row offsets, so a batch's categorical block costs one lookup; a sequence declared
-with ``vocab_from`` reads its target field's rows (shared embeddings). Numeric features are either
-embedded (one learned vector per field scaled by the normalised value, as FuxiCTR does) or passed
-through raw to the dense part (as DeepCTR does); vector features get a linear projection.
+with ``vocab_from`` reads its target field's rows (shared embeddings). Each kind keeps its prior
+through its encoder (the feature's ``encoding`` in the schema, else the model's default):
+
+- numeric: ``scaled`` / ``bucket`` / ``mnse`` fields (:mod:`untwine.nn.numeric`), or passed through raw
+  to the dense part (``numeric_mode="raw"``, as DeepCTR does);
+- sequence: ``pool`` / ``din`` / ``tim`` (:mod:`untwine.nn.sequence`); a behaviour is its item embedding
+  concatenated with its side-field embeddings, so a sequence with S side fields gives 1 + S fields
+  (one more for TIM's concatenated time encoding);
+- vector: ``project`` (linear), ``similarity`` (cosine to its ``pair``, MNSE-encoded) or ``drop``.
 """
 from __future__ import annotations
 
@@ -15,33 +21,119 @@ from torch import Tensor, nn
 
 from untwine.core.batch import Batch
 from untwine.core.features import FeatureSpace
-from untwine.core.schema import FeatureKind
+from untwine.core.schema import Feature, NumericEncoding, SequenceEncoding, VectorEncoding
+from untwine.nn.numeric import MNSE, NumericFieldEncoder
+from untwine.nn.sequence import DINAttention, TemporalInterest, gap_buckets, log_gap_boundaries, masked_pool, recency_positions
 
 NumericMode = Literal["embed", "raw"]
+POOL = SequenceEncoding(name="pool")
+PROJECT = VectorEncoding(name="project")
+SCALED = NumericEncoding(name="scaled")
 
 
 def masked_mean(emb: Tensor, ids: Tensor, pooling: str = "mean") -> Tensor:
     """Pool (B, L, D) over positions whose id is not padding (0). Empty rows pool to zeros."""
-    mask = (ids > 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
-    total = (emb * mask).sum(dim=1)
-    if pooling == "sum":
-        return total
-    return total / mask.sum(dim=1).clamp_min(1.0)
+    return masked_pool(emb, ids > 0, pooling)
+
+
+class SequenceField(nn.Module):
+    """One behaviour sequence -> (B, n_fields, D) with its encoder; built by FieldEmbedding."""
+
+    def __init__(self, f: Feature, enc: SequenceEncoding, space: FeatureSpace, dim: int,
+                 cat_index: dict[str, int]) -> None:
+        super().__init__()
+        schema = space.schema
+        self.name, self.pooling, self.kind = f.name, f.pooling, enc.name
+        self.owner = schema.vocab_owner(f)
+        self.sides = [(f"{f.name}.{side}", schema.vocab_owner(schema.feature(ref)), ref)
+                      for side, ref in f.side_fields.items()]
+        parts = 1 + len(self.sides)
+        self.n_fields = parts
+        self.dim = dim
+        self.encoder: nn.Module | None = None
+        if enc.name == "pool":
+            return
+        target = enc.target or f.vocab_from
+        refs = [target] + [ref for _, _, ref in self.sides]
+        bad = [r for r in refs if r not in cat_index]
+        if bad:
+            raise ValueError(f"sequence {f.name!r}: encoder {enc.name!r} compares each behaviour with the target's "
+                             f"categorical features, but {bad} {'is' if len(bad) == 1 else 'are'} not categorical "
+                             f"features (set encoding.target or vocab_from to the target id feature)")
+        self.register_buffer("target_columns", torch.tensor([cat_index[r] for r in refs]), persistent=False)
+        if enc.name == "din":
+            self.encoder = DINAttention(parts * dim, enc.attention_hidden)
+            return
+        self.timestamps = f"{f.name}.ts" if f.timestamps else None
+        if self.timestamps and enc.temporal_encoding and not schema.timestamp:
+            raise ValueError(f"sequence {f.name!r} has timestamps but the schema has no sample timestamp column "
+                             f"(schema.timestamp) to measure the gap t_target - t_i from")
+        positions = enc.time_buckets if self.timestamps else f.max_len + 1
+        self.register_buffer("boundaries", log_gap_boundaries(enc.time_buckets, enc.time_base, enc.time_unit),
+                             persistent=False)
+        self.encoder = TemporalInterest(parts * dim, positions, temporal=enc.temporal_encoding,
+                                        target_aware=enc.target_aware_representation, combine=enc.time_combine,
+                                        time_dim=dim)
+        self.n_fields = self.encoder.out_dim // dim
+
+    def behaviours(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch) -> tuple[Tensor, Tensor]:
+        """(behaviour (B, L, (1 + S) D), mask (B, L))."""
+        ids = batch.seq[self.name]
+        parts = [table(ids + offsets[self.owner])]
+        parts += [table(batch.seq[key] + offsets[owner]) for key, owner, _ in self.sides]
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0], ids > 0
+
+    def time_positions(self, batch: Batch, mask: Tensor) -> Tensor:
+        if self.timestamps:
+            return gap_buckets(batch.timestamp.unsqueeze(1) - batch.seq[self.timestamps], self.boundaries)
+        return recency_positions(mask)
+
+    def attention(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch,
+                  cat_emb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """TIM's weights for analysis: (alpha (B, L), time bucket or recency position (B, L), mask (B, L))."""
+        if not isinstance(self.encoder, TemporalInterest):
+            raise ValueError(f"sequence {self.name!r} is not encoded by TIM")
+        behaviour, mask = self.behaviours(table, offsets, batch)
+        target = cat_emb[:, self.target_columns].flatten(1)
+        positions = self.time_positions(batch, mask)
+        _, alpha = self.encoder(target, behaviour, mask, positions if self.encoder.temporal else None,
+                                return_attention=True)
+        return alpha, positions, mask
+
+    def forward(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch, cat_emb: Tensor | None) -> Tensor:
+        if self.encoder is None:  # pooling keeps each part's own padding mask
+            out = [masked_mean(table(batch.seq[self.name] + offsets[self.owner]), batch.seq[self.name], self.pooling)]
+            out += [masked_mean(table(batch.seq[key] + offsets[owner]), batch.seq[key], self.pooling)
+                    for key, owner, _ in self.sides]
+            return torch.stack(out, dim=1)
+        behaviour, mask = self.behaviours(table, offsets, batch)
+        target = cat_emb[:, self.target_columns].flatten(1)  # (B, (1 + S) D), same layout as a behaviour
+        if isinstance(self.encoder, DINAttention):
+            u = self.encoder(target, behaviour, mask)
+        else:
+            buckets = self.time_positions(batch, mask) if self.encoder.temporal else None
+            u = self.encoder(target, behaviour, mask, buckets)
+        return u.view(u.shape[0], self.n_fields, self.dim)
 
 
 class FieldEmbedding(nn.Module):
     """Maps a Batch to field embeddings (B, F, D) and, in raw numeric mode, dense values (B, F_num).
 
     Args:
-        space: the feature space (schema + vocabulary sizes).
+        space: the feature space (schema + vocabulary sizes + numeric statistics).
         dim: embedding width D.
         numeric_mode: ``"embed"`` (numerics become fields) or ``"raw"`` (returned as dense input).
         init_std: std of the normal initialisation of embedding rows.
         sparse: produce sparse gradients for the table (for SparseAdam / Adagrad).
+        numeric_encoding, sequence_encoding, vector_encoding: defaults for features whose schema entry
+            sets no ``encoding``.
+        linear: first-order use (LR weights): every feature pooled / projected / scaled, encodings ignored.
     """
 
     def __init__(self, space: FeatureSpace, dim: int, numeric_mode: NumericMode = "embed",
-                 init_std: float = 1e-4, sparse: bool = False) -> None:
+                 init_std: float = 1e-4, sparse: bool = False, numeric_encoding: NumericEncoding = SCALED,
+                 sequence_encoding: SequenceEncoding = POOL, vector_encoding: VectorEncoding = PROJECT,
+                 linear: bool = False) -> None:
         super().__init__()
         schema = space.schema
         self.dim, self.numeric_mode = dim, numeric_mode
@@ -60,17 +152,32 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("cat_offsets", torch.tensor([offsets[f.name] for f in schema.categorical],
                                                          dtype=torch.long), persistent=False)
         self.multi = [(f.name, f.pooling) for f in schema.multi_categorical]
-        # a sequence contributes its pooled ids and one pooled field per side field (e.g. categories),
-        # each read from the rows of the feature whose vocabulary it uses
-        self.sequences = [(f.name, f.name, f.pooling) for f in schema.sequences]
-        self.sequences += [(f"{f.name}.{side}", ref, f.pooling) for f in schema.sequences
-                           for side, ref in f.side_fields.items()]
+
+        def chosen(f: Feature, default):
+            return default if linear or f.encoding is None else f.encoding
+
+        cat_index = {f.name: j for j, f in enumerate(schema.categorical)}
+        self.sequences = nn.ModuleList(
+            SequenceField(f, chosen(f, POOL if linear else sequence_encoding), space, dim, cat_index)
+            for f in schema.sequences)
         self.num_numeric = len(schema.numeric)
+        self.numeric = None
         if numeric_mode == "embed" and self.num_numeric:
-            self.numeric_weight = nn.Parameter(torch.empty(self.num_numeric, dim))
-            nn.init.normal_(self.numeric_weight, std=init_std)
-        self.vector_proj = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in schema.vectors})
-        self.num_fields = (len(schema.categorical) + len(self.multi) + len(self.sequences) + len(self.vector_proj)
+            encodings = [chosen(f, SCALED if linear else numeric_encoding) for f in schema.numeric]
+            self.numeric = NumericFieldEncoder(schema.numeric, space.numeric_stats, encodings, dim, init_std)
+        vec_enc = {f.name: chosen(f, PROJECT if linear else vector_encoding) for f in schema.vectors}
+        # similarity pairs (user side, item side), then every other kept vector projected
+        self.pairs = [(f.name, f.pair) for f in schema.vectors if f.pair and vec_enc[f.name].name == "similarity"]
+        paired = {n for pair in self.pairs for n in pair}
+        self.vector_proj = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in schema.vectors
+                                          if f.name not in paired and vec_enc[f.name].name != "drop"})
+        self.similarity = None
+        if self.pairs:
+            enc = vec_enc[self.pairs[0][0]]
+            self.similarity_max = enc.max_value
+            self.similarity = MNSE(len(self.pairs), enc.max_value, dim, enc.bases, enc.combine, init_std)
+        self.num_fields = (len(schema.categorical) + len(self.multi) + sum(s.n_fields for s in self.sequences)
+                           + len(self.vector_proj) + len(self.pairs)
                            + (self.num_numeric if numeric_mode == "embed" else 0))
         self.dense_dim = self.num_numeric if numeric_mode == "raw" else 0
 
@@ -79,29 +186,51 @@ class FieldEmbedding(nn.Module):
         """Width of ``flat(batch)``: F * D plus the raw numerics."""
         return self.num_fields * self.dim + self.dense_dim
 
+    def similarity_codes(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Cosine similarity of each pair mapped from [-1, 1] to integers in [0, M]; missing where either
+        vector is all zeros. -> ((B, P) int64, (B, P) bool)."""
+        codes, missing = [], []
+        for a, b in self.pairs:
+            u, v = batch.vectors[a], batch.vectors[b]
+            nu, nv = u.norm(dim=1), v.norm(dim=1)
+            cos = (u * v).sum(dim=1) / (nu * nv).clamp_min(1e-12)
+            codes.append(torch.round((cos.clamp(-1, 1) + 1) / 2 * self.similarity_max).long())
+            missing.append((nu == 0) | (nv == 0))
+        return torch.stack(codes, dim=1), torch.stack(missing, dim=1)
+
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """Returns (fields (B, F, D), dense (B, F_num) or None)."""
         parts: list[Tensor] = []
+        cat_emb = None
         if batch.categorical is not None and batch.categorical.shape[1]:
-            parts.append(self.table(batch.categorical + self.cat_offsets))  # (B, F_cat, D)
+            cat_emb = self.table(batch.categorical + self.cat_offsets)  # (B, F_cat, D)
+            parts.append(cat_emb)
         for name, pooling in self.multi:
             ids = batch.multi[name]
             parts.append(masked_mean(self.table(ids + self.offsets[name]), ids, pooling).unsqueeze(1))
-        for key, owner, pooling in self.sequences:
-            ids = batch.seq[key]
-            parts.append(masked_mean(self.table(ids + self.offsets[owner]), ids, pooling).unsqueeze(1))
+        for seq in self.sequences:
+            parts.append(seq(self.table, self.offsets, batch, cat_emb))
         dense = None
         if self.num_numeric:
-            if self.numeric_mode == "embed":
-                parts.append(batch.numeric.unsqueeze(-1) * self.numeric_weight)  # (B, F_num, D)
-            else:
+            if self.numeric is not None:
+                parts.append(self.numeric(batch.numeric, batch.numeric_raw))  # (B, F_num, D)
+            elif self.numeric_mode == "raw":
                 dense = batch.numeric
         for name, proj in self.vector_proj.items():
             parts.append(proj(batch.vectors[name]).unsqueeze(1))
+        if self.similarity is not None:
+            parts.append(self.similarity(*self.similarity_codes(batch)))
         if not parts:  # e.g. a numeric-only schema in raw mode: no fields, only the dense block
             return self.table.weight.new_zeros(len(batch), 0, self.dim), dense
         fields = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return fields, dense
+
+    def sequence_attention(self, batch: Batch, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Attention weights of the TIM-encoded sequence ``name`` (see :meth:`SequenceField.attention`)."""
+        for seq in self.sequences:
+            if seq.name == name:
+                return seq.attention(self.table, self.offsets, batch, self.table(batch.categorical + self.cat_offsets))
+        raise KeyError(f"no sequence feature {name!r}; sequences: {[s.name for s in self.sequences]}")
 
     def flat(self, batch: Batch) -> Tensor:
         """(B, F * D [+ F_num]): fields flattened, raw numerics appended."""

@@ -5,7 +5,8 @@ Split by time, in whole days: the first ``round(days * train_frac)`` days (~70%)
 reach back across split boundaries (a valid row's history may hold train-period clicks), as in
 production; every history event is strictly earlier than its row.
 
-Columns beyond the schema: ``request_id``, ``impression_ts`` (int64 seconds), ``user_activity``,
+Columns beyond the schema's features: ``request_id``, ``impression_ts`` (int64 seconds; the schema's
+``timestamp``), ``user_activity``,
 ``n_prior_exposures`` (earlier impressions of the same (user, ad) within the fatigue window),
 ``conv1_delay_s``/``conv2_delay_s`` (NaN without conversion) and the ground truth ``p_click``,
 ``p_conv1``, ``p_conv2`` (probabilities per impression; never features).
@@ -54,6 +55,7 @@ def dataset_schema(cfg: SimConfig) -> Schema:
         ],
         labels=[Label(name=t) for t in TASKS],
         group_key="user_id",
+        timestamp="impression_ts",  # the target time of the history (TIM's time gaps)
     )
 
 

@@ -3,6 +3,7 @@
 YAML layout::
 
     dataset: p1                      # a recipe name, or a path to a dataset.yaml (relative to this file)
+    tasks: [income]                  # optional: a subset of the dataset's labels
     model: {name: dcnv2, embedding_dim: 10, cross_layers: 3}
     train: {batch_size: 1024, lr: 1.0e-3, patience: 2, seed: 2024}
     run_dir: runs/p1-dcnv2
@@ -54,6 +55,7 @@ class ExperimentConfig(BaseModel):
     dataset: str
     model: ModelSection
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tasks: list[str] | None = None  # train on these labels of the dataset only (default: every label)
     run_dir: str | None = None
     base_dir: str | None = None  # folder of the config file; relative dataset paths resolve against it
 

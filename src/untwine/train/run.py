@@ -60,6 +60,18 @@ def resolve_dataset(name_or_path: str, base_dir: str | Path | None = None) -> Da
                             f"({sorted(RECIPES)})")
 
 
+def select_tasks(spec: DatasetSpec, tasks: list[str] | None) -> DatasetSpec:
+    """The dataset with only the labels named in ``tasks`` (in the dataset's order)."""
+    if not tasks:
+        return spec
+    have = spec.schema.task_names
+    unknown = [t for t in tasks if t not in have]
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not labels of dataset {spec.name!r}; its labels: {have}")
+    schema = spec.schema.model_copy(update={"labels": [lab for lab in spec.schema.labels if lab.name in tasks]})
+    return spec.model_copy(update={"schema_": schema})
+
+
 def check_monitor(tc: TrainConfig, spec: DatasetSpec) -> None:
     """Fail before any work when early stopping watches something the dataset cannot give."""
     tasks = spec.schema.task_names
@@ -111,7 +123,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
     if tc.threads:
         torch.set_num_threads(tc.threads)
     run_dir = Path(run_dir or cfg.run_dir or f"runs/{Path(cfg.dataset).stem}-{cfg.model.name}-s{tc.seed}")
-    spec = resolve_dataset(cfg.dataset, cfg.base_dir)
+    spec = select_tasks(resolve_dataset(cfg.dataset, cfg.base_dir), cfg.tasks)
     check_monitor(tc, spec)
     t0 = time.perf_counter()
     prepared = prepare(spec, on_bad_rows=tc.on_bad_rows, progress=tc.progress and info.is_main, log=log)
@@ -155,7 +167,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     run_dir = Path(run_dir)
     cfg = ExperimentConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     space = FeatureSpace.from_dict(json.loads((run_dir / "feature_space.json").read_text()))
-    spec = resolve_dataset(dataset or cfg.dataset, cfg.base_dir)
+    spec = select_tasks(resolve_dataset(dataset or cfg.dataset, cfg.base_dir), cfg.tasks)
     prepared = encode_with_vocab(spec, space, run_dir / "vocab", split)
     model = build_model(cfg.model.name, space, cfg.model.options())
     from safetensors.torch import load_file

@@ -26,7 +26,7 @@ from untwine.core.schema import Schema
 SEED = 2024
 YAML_NAME = "dataset.yaml"
 # Bump when a recipe's output changes for the same inputs: cached outputs of older versions are rebuilt.
-RECIPE_FORMAT_VERSION = 1
+RECIPE_FORMAT_VERSION = 2  # 2: P5 declares its target time column as the schema's timestamp
 
 
 @dataclass

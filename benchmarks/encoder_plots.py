@@ -1,0 +1,174 @@
+"""Plots that show why an encoder helps or not, from the runs of benchmarks/encoders.py.
+
+    python benchmarks/encoder_plots.py attention [--run runs/bench/encoders/sequence/p5_tin_s1]
+    python benchmarks/encoder_plots.py mnse [--run runs/bench/encoders/numeric/p4_mnse_s1]
+
+attention: TIM's attention weight per time-gap bucket (P5) or recency position (P6) on the test split,
+relative to uniform attention (alpha_i * n: 1 = average), for behaviours of the target's category and the
+others. Writes benchmarks/results/encoders/tim_attention_<protocol>.{png,json}.
+
+mnse: the learned MNSE encodings of every value 0..M of each numeric field projected on their first two
+principal components, coloured by value, plus the Spearman correlation between |a - b| and the distance
+of the encodings (positive: nearby values sit closer, the order is learned). Writes
+benchmarks/results/encoders/mnse_vectors_<protocol>.{png,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, write_json  # noqa: E402
+
+from untwine.core.features import FeatureSpace  # noqa: E402
+from untwine.data.encode import encode_with_vocab  # noqa: E402
+from untwine.data.loader import BatchLoader, SplitArrays  # noqa: E402
+from untwine.models.base import build_model  # noqa: E402
+from untwine.nn.numeric import MNSE  # noqa: E402
+from untwine.train.config import ExperimentConfig  # noqa: E402
+from untwine.train.run import resolve_dataset, select_tasks  # noqa: E402
+
+OUT = RESULTS / "encoders"
+
+
+def load_run(run_dir: Path):
+    from safetensors.torch import load_file
+
+    cfg = ExperimentConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    space = FeatureSpace.from_dict(json.loads((run_dir / "feature_space.json").read_text()))
+    model = build_model(cfg.model.name, space, cfg.model.options())
+    model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    return cfg, space, model.eval()
+
+
+def attention(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, space, model = load_run(run_dir)
+    spec = select_tasks(resolve_dataset(cfg.dataset, cfg.base_dir), cfg.tasks)
+    prepared = encode_with_vocab(spec, space, run_dir / "vocab", "test")
+    seq = space.schema.sequences[0]
+    field = next(s for s in model.embedding.sequences if s.name == seq.name)
+    side = next(iter(seq.side_fields), None)
+    cat_col = space.schema.categorical.index(space.schema.feature(seq.side_fields[side])) if side else None
+    n_pos = field.encoder.time.num_embeddings
+    sums = {k: np.zeros(n_pos) for k in ("same", "other")}
+    counts = {k: np.zeros(n_pos) for k in ("same", "other")}
+    loader = BatchLoader(SplitArrays.open(prepared, "test"), space.schema, 4096, shuffle=False)
+    with torch.inference_mode():
+        for batch in loader:
+            alpha, pos, mask = model.embedding.sequence_attention(batch, seq.name)
+            rel = alpha * mask.sum(1, keepdim=True)  # 1 = the weight of uniform attention
+            same = (batch.seq[f"{seq.name}.{side}"] == batch.categorical[:, cat_col].unsqueeze(1)) if side \
+                else torch.ones_like(mask)
+            for key, sel in (("same", mask & same), ("other", mask & ~same)):
+                sums[key] += np.bincount(pos[sel].numpy(), weights=rel[sel].numpy(), minlength=n_pos)
+                counts[key] += np.bincount(pos[sel].numpy(), minlength=n_pos)
+    timed = bool(seq.timestamps)
+    if timed:
+        enc = field.boundaries.numpy()
+        labels = ["0"] + [_human(enc[k]) for k in range(1, len(enc))] + [f">{_human(enc[-1])}"]
+    else:
+        labels = [str(k) for k in range(n_pos)]
+    keep = [k for k in range(n_pos) if counts["same"][k] + counts["other"][k] >= 50]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for key, colour in (("same", "tab:red"), ("other", "tab:blue")):
+        ks = [k for k in keep if counts[key][k] >= 20]
+        ax.plot(ks, [sums[key][k] / counts[key][k] for k in ks], "o-", color=colour,
+                label=(f"behaviour with the target's {side}" if key == "same" else f"other {side}") if side else "all")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(keep[::max(1, len(keep) // 14)])
+    ax.set_xticklabels([labels[k] for k in keep[::max(1, len(keep) // 14)]], rotation=45, ha="right")
+    ax.set_xlabel("time gap t_target - t_i (bucket upper edge)" if timed else "recency position (1 = most recent)")
+    ax.set_ylabel("attention x history length (1 = uniform)")
+    ax.set_title(f"TIM attention on {spec.name} test split ({run_dir.name})")
+    ax.legend()
+    fig.tight_layout()
+    name = run_dir.name.split("_")[0]
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT / f"tim_attention_{name}.png", dpi=120)
+    write_json(OUT / f"tim_attention_{name}.json", {
+        "run": str(run_dir), "positions": labels, "timestamps": timed,
+        **{f"mean_relative_attention_{k}": [float(sums[k][i] / counts[k][i]) if counts[k][i] else None
+                                             for i in range(n_pos)] for k in sums},
+        **{f"count_{k}": counts[k].astype(int).tolist() for k in counts}})
+    print(f"wrote {OUT / f'tim_attention_{name}.png'}")
+
+
+def _human(seconds: float) -> str:
+    for unit, s in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= s:
+            return f"{seconds / s:.3g}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def mnse(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, space, model = load_run(run_dir)
+    fields = [f.name for f in space.schema.numeric]
+    numeric = model.embedding.numeric
+    panels, report = [], {}
+    for g, group in enumerate(numeric.groups if numeric is not None else []):
+        mods = [m for m in group.modules() if isinstance(m, MNSE)]
+        for j, col in enumerate(getattr(numeric, f"cols_{g}").tolist() if mods else []):
+            panels.append((fields[col], mods[0].value_table(j).detach().numpy()))
+    if not panels:
+        raise SystemExit(f"{run_dir}: the model has no MNSE-encoded numeric field")
+    rng = np.random.default_rng(0)
+    cols = min(4, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, (name, table) in zip(axes.flat, panels):
+        centred = table - table.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+        values = np.arange(len(table))
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", s=6)
+        i, j = rng.integers(0, len(table), 4000), rng.integers(0, len(table), 4000)
+        rho = _spearman(np.abs(i - j), np.linalg.norm(table[i] - table[j], axis=1))
+        report[name] = {"spearman_gap_vs_distance": rho}
+        ax.set_title(f"{name}  (Spearman {rho:+.2f})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(sc, ax=ax, fraction=0.046)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"MNSE encodings of values 0..M, first two principal components ({run_dir.name})", fontsize=10)
+    fig.tight_layout()
+    name = run_dir.name.split("_")[0]
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT / f"mnse_vectors_{name}.png", dpi=120)
+    write_json(OUT / f"mnse_vectors_{name}.json", {"run": str(run_dir), "fields": report})
+    print(f"wrote {OUT / f'mnse_vectors_{name}.png'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("plot", choices=["attention", "mnse"])
+    ap.add_argument("--run", type=Path)
+    a = ap.parse_args()
+    default = {"attention": "runs/bench/encoders/sequence/p5_tin_s1", "mnse": "runs/bench/encoders/numeric/p4_mnse_s1"}
+    run = a.run or Path(default[a.plot])
+    (attention if a.plot == "attention" else mnse)(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Feature-encoding experiments (issue 3): sequence, numeric and vector encoders, 3 seeds, mean ± std.
+
+    python benchmarks/encoders.py sequence [--protocols p5 p6] [--seeds 1 2 3] [--variants ...] [--resume]
+    python benchmarks/encoders.py numeric  [--protocols p4 p3]
+    python benchmarks/encoders.py vector   [--protocols p2v]
+
+Every variant of one experiment shares the protocol's config (embedding size, MLP, batch, optimiser,
+early stopping: configs/<protocol>/<model>.yaml) and changes only the encoder. Writes
+benchmarks/results/encoders/<experiment>/<protocol>_<variant>_s<seed>.json and the table
+benchmarks/results/encoders/<experiment>.md; the trained runs stay in runs/bench/encoders/ for the plots
+(benchmarks/encoder_plots.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+
+from untwine.train.config import ExperimentConfig  # noqa: E402
+from untwine.train.run import run_experiment  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUNS = Path("runs/bench/encoders")
+
+# experiment -> (default protocols, {variant key: (label, model config file, overrides)})
+EXPERIMENTS: dict[str, tuple[list[str], dict[str, tuple[str, str, list[str]]]]] = {
+    "sequence": (["p5", "p6"], {
+        "mean": ("mean pooling (DNN)", "dnn", []),
+        "din": ("DIN", "din", []),
+        "tin": ("TIN", "tin", []),
+        "tin_no_time": ("TIN without temporal encoding", "tin",
+                        ["model.sequence_encoder={name: tim, temporal_encoding: false}"]),
+        "tin_no_target": ("TIN without target-aware representation", "tin",
+                          ["model.sequence_encoder={name: tim, target_aware_representation: false}"]),
+    }),
+    "numeric": (["p4", "p3"], {
+        "scaled": ("raw scaled value x vector", "dnn", ["model.numeric_encoder=scaled"]),
+        "bucket": ("bucketised (20 equal-frequency bins)", "dnn", ["model.numeric_encoder=bucket"]),
+        "mnse": ("MNSE (quantile -> [0, 1000], bases 2, 3, 10)", "dnn", ["model.numeric_encoder=mnse"]),
+    }),
+    "vector": (["p2v"], {
+        "drop": ("no vector features", "dnn", ["model.vector_encoder=drop"]),
+        "project": ("raw vectors, linear projection", "dnn", ["model.vector_encoder=project"]),
+        "similarity": ("cosine similarity + MNSE", "dnn", ["model.vector_encoder=similarity"]),
+    }),
+}
+
+
+def run_one(exp: str, protocol: str, key: str, model_file: str, overrides: list[str], seed: int,
+            extra: list[str]) -> dict:
+    cfg = ExperimentConfig.load(CONFIGS / protocol / f"{model_file}.yaml",
+                                [*overrides, f"train.seed={seed}", "train.progress=false", *extra])
+    t0 = time.perf_counter()
+    r = run_experiment(cfg, run_dir=RUNS / exp / f"{protocol}_{key}_s{seed}", resume=False, log=lambda *_: None)
+    task = next(iter(r.test))
+    return {"experiment": exp, "protocol": protocol, "variant": key, "seed": seed, "task": task,
+            "model": cfg.model.name, "overrides": [*overrides, *extra], "test": r.test[task], "valid": r.valid[task],
+            "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "train_samples_per_s": r.train_samples_per_s,
+            "num_parameters": r.num_parameters, "seconds": time.perf_counter() - t0, "run_dir": r.run_dir}
+
+
+def table(exp: str, recs: list[dict], variants: dict, cmd: str) -> str:
+    lines = [f"# Encoder experiment: {exp}", "", f"`{cmd}`", "",
+             f"Machine: {json.dumps(machine())}. Test metrics of the best-validation epoch, mean ± std over "
+             "model seeds; GAUC weights users by impressions.", ""]
+    protocols = list(dict.fromkeys(r["protocol"] for r in recs))
+    for p in protocols:
+        task = next(r["task"] for r in recs if r["protocol"] == p)
+        lines += [f"## {p.upper()} (task {task})", "",
+                  "| encoder | seeds | test AUC | test GAUC | test logloss | epochs | train samples/s | parameters |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, (label, _, _) in variants.items():
+            rs = sorted((r for r in recs if r["protocol"] == p and r["variant"] == key), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            m = lambda k: mean_std([r["test"].get(k, float("nan")) for r in rs])  # noqa: E731
+            lines.append(f"| {label} | {len(rs)} | {m('auc')} | {m('gauc')} | {m('logloss')} | "
+                         f"{statistics.mean(r['epochs_run'] for r in rs):.1f} | "
+                         f"{statistics.mean(r['train_samples_per_s'] for r in rs):,.0f} | {rs[0]['num_parameters']:,} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    ap.add_argument("--protocols", nargs="+")
+    ap.add_argument("--variants", nargs="+")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run")
+    ap.add_argument("--resume", action="store_true", help="keep finished runs, run the rest")
+    a = ap.parse_args()
+    protocols, variants = EXPERIMENTS[a.experiment]
+    protocols = a.protocols or protocols
+    chosen = {k: v for k, v in variants.items() if not a.variants or k in a.variants}
+    out = RESULTS / "encoders" / a.experiment
+    recs = [json.loads(f.read_text()) for f in sorted(out.glob("*.json"))]
+    done = {(r["protocol"], r["variant"], r["seed"]) for r in recs}
+    for p in protocols:
+        for seed in a.seeds:
+            for key, (label, model_file, overrides) in chosen.items():
+                if a.resume and (p, key, seed) in done:
+                    continue
+                rec = run_one(a.experiment, p, key, model_file, overrides, seed, a.set)
+                recs = [r for r in recs if (r["protocol"], r["variant"], r["seed"]) != (p, key, seed)] + [rec]
+                write_json(out / f"{p}_{key}_s{seed}.json", rec)
+                t = rec["test"]
+                print(f"{p} {key} seed {seed}: AUC {t['auc']:.4f} GAUC {t.get('gauc', float('nan')):.4f} "
+                      f"logloss {t['logloss']:.4f} ({rec['epochs_run']} epochs, {rec['seconds']:.0f}s)", flush=True)
+                (RESULTS / "encoders" / f"{a.experiment}.md").write_text(
+                    table(a.experiment, recs, variants, "python benchmarks/encoders.py " + " ".join(sys.argv[1:])))
+    print((RESULTS / "encoders" / f"{a.experiment}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Behaviour-sequence encoders: pooling, DIN attention and the Temporal Interest Module (TIM).
+
+Every encoder maps a padded history to one vector per sample::
+
+    behaviour  (B, L, E)   embedded behaviours (item and side-field embeddings concatenated), oldest first
+    mask       (B, L)      True where a behaviour exists (padding is False)
+    target     (B, E)      the candidate, embedded like a behaviour (attention encoders only)
+
+A sample with an empty history encodes to zeros, never NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from untwine.nn.mlp import MLP
+
+
+def masked_pool(behaviour: Tensor, mask: Tensor, pooling: str = "mean") -> Tensor:
+    """Sum or mean of (B, L, E) over the positions where ``mask`` (B, L) is True -> (B, E)."""
+    m = mask.unsqueeze(-1).to(behaviour.dtype)
+    total = (behaviour * m).sum(dim=1)
+    if pooling == "sum":
+        return total
+    return total / m.sum(dim=1).clamp_min(1.0)
+
+
+def log_gap_boundaries(buckets: int, base: float = 2.0, unit: float = 1.0) -> Tensor:
+    """Upper edges of the time-gap buckets: bucket k (1 <= k < buckets) holds gaps in
+    (unit * (base^(k-1) - 1), unit * (base^k - 1)]; bucket 0 holds gap 0 (the target itself, and
+    behaviours in the same second); the last bucket is open-ended. Float64: gaps are seconds over years."""
+    k = torch.arange(buckets - 1, dtype=torch.float64)
+    return unit * (base ** k - 1.0)
+
+
+def gap_buckets(gap: Tensor, boundaries: Tensor) -> Tensor:
+    """Bucket index (B, L) int64 of non-negative time gaps (negative gaps, clock skew, count as 0)."""
+    return torch.bucketize(gap.clamp_min(0).to(torch.float64), boundaries, right=False)
+
+
+def recency_positions(mask: Tensor) -> Tensor:
+    """Relative position of each behaviour counted from the most recent (1) backwards; 0 on padding.
+
+    Sequences are stored oldest first, so a behaviour's position is the number of behaviours at or
+    after it (n - j for index j of a right-padded history of length n)."""
+    m = mask.long()
+    return m.flip(1).cumsum(1).flip(1) * m
+
+
+class DINAttention(nn.Module):
+    """Deep Interest Network's local activation unit (Zhou et al., KDD 2018).
+
+    w_i = MLP([b_i, a, b_i - a, b_i * a]) with no softmax (weights stay unnormalised so the intensity
+    of the interest is kept); u = sum_i w_i b_i over non-padded behaviours.
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40)) -> None:
+        super().__init__()
+        self.score = MLP(4 * dim, hidden, out_dim=1)
+
+    def weights(self, target: Tensor, behaviour: Tensor, mask: Tensor) -> Tensor:  # -> (B, L)
+        a = target.unsqueeze(1).expand_as(behaviour)
+        w = self.score(torch.cat([behaviour, a, behaviour - a, behaviour * a], dim=-1)).squeeze(-1)
+        return w * mask.to(w.dtype)
+
+    def forward(self, target: Tensor, behaviour: Tensor, mask: Tensor) -> Tensor:  # -> (B, E)
+        return torch.einsum("bl,ble->be", self.weights(target, behaviour, mask), behaviour)
+
+
+class TemporalInterest(nn.Module):
+    """The Temporal Interest Module of TIN (Zhou et al., WWW 2024), as in SPEC.md 2.1.
+
+    - Target-aware temporal encoding: p(k) is a learned vector per time-gap bucket k (or per recency
+      position when there are no timestamps); b~_i = b_i (+) p(k_i), a~ = a (+) p(0), where (+) is a sum
+      (``combine="sum"``, width E) or a concatenation (``"concat"``, width E + time_dim).
+    - Target-aware attention: alpha_i = softmax_i(<W_q a~, W_k b~_i> / sqrt(d)) over non-padded items.
+    - Target-aware representation: u = sum_i alpha_i (b~_i * a~) = (sum_i alpha_i b~_i) * a~ (a~ does not
+      depend on i, so the product is taken once after the weighted sum).
+
+    Args:
+        dim: behaviour width E.
+        positions: number of time buckets (or max_len + 1 recency positions).
+        temporal: add the temporal encoding (False: the "without temporal encoding" ablation).
+        target_aware: multiply by a~ (False: the "without target-aware representation" ablation).
+        combine: ``"sum"`` or ``"concat"``.
+        time_dim: width of p(.) when concatenated (E when summed).
+    """
+
+    def __init__(self, dim: int, positions: int, temporal: bool = True, target_aware: bool = True,
+                 combine: str = "sum", time_dim: int | None = None) -> None:
+        super().__init__()
+        if combine not in ("sum", "concat"):
+            raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
+        self.temporal, self.target_aware, self.combine = temporal, target_aware, combine
+        t_dim = dim if combine == "sum" else (time_dim or dim)
+        self.out_dim = dim + (t_dim if temporal and combine == "concat" else 0)
+        self.time = nn.Embedding(positions, t_dim) if temporal else None
+        if self.time is not None:
+            nn.init.normal_(self.time.weight, std=0.01)
+        self.query = nn.Linear(self.out_dim, self.out_dim, bias=False)
+        self.key = nn.Linear(self.out_dim, self.out_dim, bias=False)
+
+    def _with_time(self, x: Tensor, p: Tensor) -> Tensor:
+        return x + p if self.combine == "sum" else torch.cat([x, p], dim=-1)
+
+    def encode(self, target: Tensor, behaviour: Tensor, buckets: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(a~ (B, d), b~ (B, L, d))."""
+        if self.time is None:
+            return target, behaviour
+        if buckets is None:
+            raise ValueError("TemporalInterest with temporal encoding needs time buckets or positions")
+        p0 = self.time.weight[0].expand(target.shape[0], -1)
+        return self._with_time(target, p0), self._with_time(behaviour, self.time(buckets))
+
+    def attention(self, target_t: Tensor, behaviour_t: Tensor, mask: Tensor) -> Tensor:  # -> (B, L)
+        scores = torch.einsum("bd,bld->bl", self.query(target_t), self.key(behaviour_t))
+        scores = (scores / math.sqrt(self.out_dim)).masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1)
+        return torch.nan_to_num(alpha, nan=0.0)  # an empty history: all -inf -> NaN -> no weight
+
+    def forward(self, target: Tensor, behaviour: Tensor, mask: Tensor, buckets: Tensor | None = None,
+                return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        a, b = self.encode(target, behaviour, buckets)
+        alpha = self.attention(a, b, mask)
+        u = torch.einsum("bl,bld->bd", alpha, b)
+        if self.target_aware:
+            u = u * a
+        return (u, alpha) if return_attention else u
