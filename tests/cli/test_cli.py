@@ -62,3 +62,21 @@ def test_schema_naming_a_missing_column_fails_before_work(tmp_path):
     assert res.exit_code != 0
     assert "['price']" in str(res.exception)
     assert not (tmp_path / "r").exists()
+
+
+def test_train_tin_on_p5_from_yaml_alone(shared_data, tmp_path):
+    """The P5 config with the TIM sequence encoder trains end to end (a few steps) and the run
+    records the encoder; DIN and TIN are listed by `untwine models`."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "p5" / "dnn.yaml"
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(config), "model.sequence_encoder=tim", "train.epochs=1",
+                              "train.max_steps_per_epoch=3", "train.progress=false", "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "test label: auc=" in res.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["sequence_encoder"] == "tim"
+    assert json.loads((run / "feature_space.json").read_text())["schema"]["timestamp"] == "timestamp"
+    listed = runner.invoke(app, ["models"]).output
+    assert "din " in listed and "tin " in listed

@@ -128,3 +128,44 @@ def test_misaligned_timestamps_are_an_error(tmp_path):
     spec = DatasetSpec(name="ts", train=["train.parquet"], schema=SCHEMA, root=str(tmp_path))
     with pytest.raises(ValueError, match="'hist_ts' has 2 entries but sequence 'hist' has 4"):
         prepare(spec, cache_dir=tmp_path / "c")
+
+
+def test_numeric_stats_hold_train_quantiles_and_integer_flag(spec, tmp_path):
+    st = prepare(spec, cache_dir=tmp_path / "c").space.numeric_stats["price"]
+    # train prices 1.0, missing, 100.0: quantiles of the raw values, missing excluded
+    assert len(st.quantiles) == 1001
+    assert st.quantiles[0] == 1.0 and st.quantiles[-1] == 100.0
+    assert st.quantiles[500] == pytest.approx(np.quantile([1.0, 100.0], 0.5))
+    assert st.integer and st.missing == 1
+
+
+def test_quantile_reservoir_is_uniform_over_a_long_stream(monkeypatch):
+    from untwine.data import encode
+
+    monkeypatch.setattr(encode, "QUANTILE_SAMPLE", 2_000)
+    acc = encode._NumericAccumulator("standard")
+    values = np.arange(100_000, dtype=np.float64)  # in order: a biased sampler keeps the head or the tail
+    for chunk in np.array_split(values, 37):
+        acc.add(chunk)
+    q = acc.stats().quantiles
+    assert acc.sample.size == 2_000 and acc.seen == 100_000
+    for p in (0.1, 0.5, 0.9):
+        assert abs(q[int(p * 1000)] - p * 100_000) < 4_000  # within a few sampling standard errors
+    assert acc.stats().integer
+    acc.add(np.array([0.5]))
+    assert not acc.stats().integer
+
+
+def test_sample_timestamp_is_encoded_and_checked(tmp_path):
+    schema = {"features": [{"name": "item", "kind": "categorical"}], "labels": [{"name": "click"}],
+              "timestamp": "ts"}
+    pq.write_table(pa.table({"item": ["a", "b"], "ts": pa.array([1_700_000_000, 1_700_000_123], pa.int64()),
+                             "click": pa.array([0, 1], pa.int8())}), tmp_path / "train.parquet")
+    spec = DatasetSpec(name="ts", train=["train.parquet"], schema=schema, root=str(tmp_path))
+    a = SplitArrays.open(prepare(spec, cache_dir=tmp_path / "c"), "train").arrays
+    assert a["timestamp"].dtype == np.int64 and a["timestamp"].tolist() == [1_700_000_000, 1_700_000_123]
+    pq.write_table(pa.table({"item": ["a", "b"], "ts": pa.array([5, None], pa.int64()),
+                             "click": pa.array([0, 1], pa.int8())}), tmp_path / "bad.parquet")
+    bad = DatasetSpec(name="ts-bad", train=["bad.parquet"], schema=schema, root=str(tmp_path))
+    with pytest.raises(Exception, match=r"row 2.*timestamp column 'ts' is empty"):
+        prepare(bad, cache_dir=tmp_path / "c2")
