@@ -6,7 +6,7 @@
 
 Every variant of one experiment shares the protocol's config (embedding size, MLP, batch, optimiser,
 early stopping: configs/<protocol>/<model>.yaml) and changes only the encoder. ``sim`` is the built-in
-simulator (1M impressions, seed 2024, the click task; configs/p6 settings), whose click probability
+simulator (300k impressions, seed 2024, the click task; configs/p6 settings), whose click probability
 rises with exponentially decayed recent clicks in the ad's category: there the truth is known to
 depend on time gaps and categories, and the oracle AUC is reported beside the models. Writes
 benchmarks/results/encoders/<experiment>/<protocol>_<variant>_s<seed>.json and the table
@@ -41,7 +41,7 @@ def protocol_config(protocol: str, model_file: str) -> tuple[Path, list[str]]:
 
     yaml_path = SIM_DIR / "dataset.yaml"
     if not yaml_path.exists():
-        write_dataset(SimConfig(n_impressions=1_000_000, seed=2024), SIM_DIR)
+        write_dataset(SimConfig(n_impressions=300_000, seed=2024), SIM_DIR)
     return CONFIGS / "p6" / f"{model_file}.yaml", [f"dataset={yaml_path.resolve()}", "tasks=[click]"]
 
 

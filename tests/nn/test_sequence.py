@@ -25,6 +25,10 @@ def _inputs(seed: int = 0):
     return target, behaviour, mask, buckets
 
 
+def _layer_norm(x):
+    return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-12)
+
+
 def naive_tim(m: TemporalInterest, target, behaviour, mask, buckets):
     """u = sum_i alpha_i (b~_i * a~), one sample and one behaviour at a time, in float64."""
     Wq, Wk = m.query.weight.double(), m.key.weight.double()
@@ -43,7 +47,8 @@ def naive_tim(m: TemporalInterest, target, behaviour, mask, buckets):
                 p = P[buckets[b, i]]
                 x = x + p if m.combine == "sum" else torch.cat([x, p])
             items.append(x)
-            scores.append(float(((Wq @ a) @ (Wk @ x)).detach()) / math.sqrt(len(a)))
+            qa, kx = (_layer_norm(a), _layer_norm(x)) if m.normalise else (a, x)
+            scores.append(float(((Wq @ qa) @ (Wk @ kx)).detach()) / math.sqrt(len(a)))
         u = torch.zeros(len(a), dtype=torch.float64)
         if items:
             mx = max(scores)
@@ -55,11 +60,13 @@ def naive_tim(m: TemporalInterest, target, behaviour, mask, buckets):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("normalise", [False, True])
 @pytest.mark.parametrize("combine", ["sum", "concat"])
 @pytest.mark.parametrize("temporal,target_aware", [(True, True), (False, True), (True, False)])
-def test_tim_equals_naive_loop(combine, temporal, target_aware):
+def test_tim_equals_naive_loop(combine, temporal, target_aware, normalise):
     torch.manual_seed(0)
-    m = TemporalInterest(E, 12, temporal=temporal, target_aware=target_aware, combine=combine, time_dim=3)
+    m = TemporalInterest(E, 12, temporal=temporal, target_aware=target_aware, combine=combine, time_dim=3,
+                         normalise=normalise)
     target, behaviour, mask, buckets = _inputs()
     got = m(target, behaviour, mask, buckets)
     want = naive_tim(m, target, behaviour, mask, buckets)
@@ -87,6 +94,20 @@ def test_tim_attention_is_softmax_over_valid_items_and_target_aware_product():
     a_t, b_t = m.encode(target, behaviour, buckets)
     # the representation sum_i alpha_i (b~_i * a~) taken item by item equals the factored form
     torch.testing.assert_close(u, (alpha.unsqueeze(-1) * (b_t * a_t.unsqueeze(1))).sum(1), atol=1e-6, rtol=1e-5)
+
+
+def test_normalised_attention_does_not_depend_on_the_embeddings_scale():
+    torch.manual_seed(0)
+    m = TemporalInterest(E, 12, temporal=False, normalise=True)
+    target, behaviour, mask, _ = _inputs()
+    _, alpha = m(target, behaviour, mask, return_attention=True)
+    _, alpha_small = m(target * 1e-3, behaviour * 1e-3, mask, return_attention=True)
+    torch.testing.assert_close(alpha, alpha_small, atol=1e-4, rtol=1e-3)
+    plain = TemporalInterest(E, 12, temporal=False)
+    plain.load_state_dict(m.state_dict())
+    _, alpha_plain = plain(target * 1e-3, behaviour * 1e-3, mask, return_attention=True)
+    valid = mask.sum(1, keepdim=True).float().clamp_min(1)
+    assert torch.allclose(alpha_plain[1:], (mask.float() / valid)[1:], atol=1e-4)  # tiny embeddings: uniform
 
 
 def test_tim_gradients_reach_time_query_key_and_inputs():

@@ -100,6 +100,7 @@ class SequenceEncoding(_Encoding):
     time_buckets: int = Field(32, ge=2)
     time_base: float = Field(2.0, gt=1)
     time_unit: float = Field(1.0, gt=0)  # seconds
+    attention_norm: bool = False  # layer-normalise query and key inputs (scale-free attention logits)
 
 
 class VectorEncoding(_Encoding):

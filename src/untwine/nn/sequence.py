@@ -86,10 +86,12 @@ class TemporalInterest(nn.Module):
         target_aware: multiply by a~ (False: the "without target-aware representation" ablation).
         combine: ``"sum"`` or ``"concat"``.
         time_dim: width of p(.) when concatenated (E when summed).
+        normalise: layer-normalise a~ and b~ (no affine part) before W_q and W_k, so the attention
+            logits do not shrink with the embeddings' scale (values and the representation stay raw).
     """
 
     def __init__(self, dim: int, positions: int, temporal: bool = True, target_aware: bool = True,
-                 combine: str = "sum", time_dim: int | None = None) -> None:
+                 combine: str = "sum", time_dim: int | None = None, normalise: bool = False) -> None:
         super().__init__()
         if combine not in ("sum", "concat"):
             raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
@@ -101,6 +103,7 @@ class TemporalInterest(nn.Module):
             nn.init.normal_(self.time.weight, std=0.01)
         self.query = nn.Linear(self.out_dim, self.out_dim, bias=False)
         self.key = nn.Linear(self.out_dim, self.out_dim, bias=False)
+        self.normalise = normalise
 
     def _with_time(self, x: Tensor, p: Tensor) -> Tensor:
         return x + p if self.combine == "sum" else torch.cat([x, p], dim=-1)
@@ -115,6 +118,9 @@ class TemporalInterest(nn.Module):
         return self._with_time(target, p0), self._with_time(behaviour, self.time(buckets))
 
     def attention(self, target_t: Tensor, behaviour_t: Tensor, mask: Tensor) -> Tensor:  # -> (B, L)
+        if self.normalise:  # a tiny eps: embeddings start at std 1e-4, far below LayerNorm's usual 1e-5 variance
+            target_t = nn.functional.layer_norm(target_t, (self.out_dim,), eps=1e-12)
+            behaviour_t = nn.functional.layer_norm(behaviour_t, (self.out_dim,), eps=1e-12)
         scores = torch.einsum("bd,bld->bl", self.query(target_t), self.key(behaviour_t))
         scores = (scores / math.sqrt(self.out_dim)).masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1)
