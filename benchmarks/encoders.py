@@ -62,6 +62,8 @@ EXPERIMENTS: dict[str, tuple[list[str], dict[str, tuple[str, str, list[str]]]]] 
                         ["model.sequence_encoder={name: tim, temporal_encoding: false}"]),
         "tin_no_target": ("TIN without target-aware representation", "tin",
                           ["model.sequence_encoder={name: tim, target_aware_representation: false}"]),
+        "tin_norm": ("TIN with scale-free attention (attention_norm)", "tin",
+                     ["model.sequence_encoder={name: tim, attention_norm: true}"]),
     }),
     "numeric": (["p4", "p3"], {
         "scaled": ("raw scaled value x vector", "dnn", ["model.numeric_encoder=scaled"]),
