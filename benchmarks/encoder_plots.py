@@ -5,7 +5,7 @@
 
 attention: TIM's attention weight per time-gap bucket (P5) or recency position (P6) on the test split,
 relative to uniform attention (alpha_i * n: 1 = average), for behaviours of the target's category and the
-others. Writes benchmarks/results/encoders/tim_attention_<protocol>.{png,json}.
+others. Writes benchmarks/results/encoders/tim_attention_<protocol>_<variant>.{png,json}.
 
 mnse: the learned MNSE encodings of every value 0..M of each numeric field projected on their first two
 principal components, coloured by value (large dots: the values the training split maps to), plus the
@@ -85,7 +85,8 @@ def attention(run_dir: Path) -> None:
     for key, colour in (("same", "tab:red"), ("other", "tab:blue")):
         ks = [k for k in keep if counts[key][k] >= 20]
         ax.plot(ks, [sums[key][k] / counts[key][k] for k in ks], "o-", color=colour,
-                label=(f"behaviour with the target's {side}" if key == "same" else f"other {side}") if side else "all")
+                label=(f"behaviour with the target's {seq.side_fields[side]}" if key == "same"
+                       else f"behaviour with another {seq.side_fields[side]}") if side else "all")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(keep[::max(1, len(keep) // 14)])
     ax.set_xticklabels([labels[k] for k in keep[::max(1, len(keep) // 14)]], rotation=45, ha="right")
@@ -94,7 +95,7 @@ def attention(run_dir: Path) -> None:
     ax.set_title(f"TIM attention on {spec.name} test split ({run_dir.name})")
     ax.legend()
     fig.tight_layout()
-    name = run_dir.name.split("_")[0]
+    name = run_dir.name.rsplit("_s", 1)[0]  # e.g. p5_tin
     OUT.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT / f"tim_attention_{name}.png", dpi=120)
     write_json(OUT / f"tim_attention_{name}.json", {

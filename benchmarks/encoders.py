@@ -64,6 +64,8 @@ EXPERIMENTS: dict[str, tuple[list[str], dict[str, tuple[str, str, list[str]]]]] 
                           ["model.sequence_encoder={name: tim, target_aware_representation: false}"]),
         "tin_norm": ("TIN with scale-free attention (attention_norm)", "tin",
                      ["model.sequence_encoder={name: tim, attention_norm: true}"]),
+        "tin_norm_keep": ("TIN, attention_norm, attended history kept beside the product (keep_history)", "tin",
+                          ["model.sequence_encoder={name: tim, attention_norm: true, keep_history: true}"]),
     }),
     "numeric": (["p4", "p3"], {
         "scaled": ("raw scaled value x vector", "dnn", ["model.numeric_encoder=scaled"]),

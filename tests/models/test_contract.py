@@ -40,7 +40,8 @@ if "dnn" in NAMES:
 if "tin" in NAMES:
     VARIANTS += [("tin", {"sequence_encoder": {"name": "tim", "temporal_encoding": False}}),
                  ("tin", {"sequence_encoder": {"name": "tim", "target_aware_representation": False}}),
-                 ("tin", {"sequence_encoder": {"name": "tim", "time_combine": "concat"}})]
+                 ("tin", {"sequence_encoder": {"name": "tim", "time_combine": "concat"}}),
+                 ("tin", {"sequence_encoder": {"name": "tim", "attention_norm": True, "keep_history": True}})]
 
 
 def variant_id(name: str, extra: dict) -> str:

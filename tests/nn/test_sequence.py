@@ -110,6 +110,18 @@ def test_normalised_attention_does_not_depend_on_the_embeddings_scale():
     assert torch.allclose(alpha_plain[1:], (mask.float() / valid)[1:], atol=1e-4)  # tiny embeddings: uniform
 
 
+def test_keep_history_appends_the_attended_history():
+    torch.manual_seed(0)
+    m = TemporalInterest(E, 12, keep_history=True)
+    target, behaviour, mask, buckets = _inputs()
+    u, alpha = m(target, behaviour, mask, buckets, return_attention=True)
+    a_t, b_t = m.encode(target, behaviour, buckets)
+    h = (alpha.unsqueeze(-1) * b_t).sum(1)
+    assert u.shape == (B, 2 * E) == (B, m.repr_dim)
+    torch.testing.assert_close(u, torch.cat([h * a_t, h], dim=-1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(u[:, :E].double(), naive_tim(m, target, behaviour, mask, buckets), atol=1e-6, rtol=1e-6)
+
+
 def test_tim_gradients_reach_time_query_key_and_inputs():
     torch.manual_seed(0)
     m = TemporalInterest(E, 12)

@@ -101,6 +101,7 @@ class SequenceEncoding(_Encoding):
     time_base: float = Field(2.0, gt=1)
     time_unit: float = Field(1.0, gt=0)  # seconds
     attention_norm: bool = False  # layer-normalise query and key inputs (scale-free attention logits)
+    keep_history: bool = False  # also output sum_i alpha_i b~_i beside the target-aware product (TIN's code)
 
 
 class VectorEncoding(_Encoding):

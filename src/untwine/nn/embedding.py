@@ -73,8 +73,9 @@ class SequenceField(nn.Module):
                              persistent=False)
         self.encoder = TemporalInterest(parts * dim, positions, temporal=enc.temporal_encoding,
                                         target_aware=enc.target_aware_representation, combine=enc.time_combine,
-                                        time_dim=dim, normalise=enc.attention_norm)
-        self.n_fields = self.encoder.out_dim // dim
+                                        time_dim=dim, normalise=enc.attention_norm,
+                                        keep_history=enc.keep_history)
+        self.n_fields = self.encoder.repr_dim // dim
 
     def behaviours(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch) -> tuple[Tensor, Tensor]:
         """(behaviour (B, L, (1 + S) D), mask (B, L))."""

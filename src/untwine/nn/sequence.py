@@ -88,10 +88,13 @@ class TemporalInterest(nn.Module):
         time_dim: width of p(.) when concatenated (E when summed).
         normalise: layer-normalise a~ and b~ (no affine part) before W_q and W_k, so the attention
             logits do not shrink with the embeddings' scale (values and the representation stay raw).
+        keep_history: output [u; sum_i alpha_i b~_i] (width 2 d): the attended history itself beside the
+            target-aware product, as the TIN authors' code feeds both to its MLP.
     """
 
     def __init__(self, dim: int, positions: int, temporal: bool = True, target_aware: bool = True,
-                 combine: str = "sum", time_dim: int | None = None, normalise: bool = False) -> None:
+                 combine: str = "sum", time_dim: int | None = None, normalise: bool = False,
+                 keep_history: bool = False) -> None:
         super().__init__()
         if combine not in ("sum", "concat"):
             raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
@@ -104,6 +107,8 @@ class TemporalInterest(nn.Module):
         self.query = nn.Linear(self.out_dim, self.out_dim, bias=False)
         self.key = nn.Linear(self.out_dim, self.out_dim, bias=False)
         self.normalise = normalise
+        self.keep_history = keep_history and target_aware
+        self.repr_dim = self.out_dim * (2 if self.keep_history else 1)
 
     def _with_time(self, x: Tensor, p: Tensor) -> Tensor:
         return x + p if self.combine == "sum" else torch.cat([x, p], dim=-1)
@@ -130,7 +135,8 @@ class TemporalInterest(nn.Module):
                 return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         a, b = self.encode(target, behaviour, buckets)
         alpha = self.attention(a, b, mask)
-        u = torch.einsum("bl,bld->bd", alpha, b)
-        if self.target_aware:
-            u = u * a
+        h = torch.einsum("bl,bld->bd", alpha, b)
+        u = h * a if self.target_aware else h
+        if self.keep_history:
+            u = torch.cat([u, h], dim=-1)
         return (u, alpha) if return_attention else u
