@@ -2,6 +2,7 @@
 
     python benchmarks/encoder_plots.py attention [--run runs/bench/encoders/sequence/p5_tin_s1]
     python benchmarks/encoder_plots.py mnse [--run runs/bench/encoders/numeric/p4_mnse_s1]
+    python benchmarks/encoder_plots.py similarity [--dataset p2v]
 
 attention: TIM's attention weight per time-gap bucket (P5) or recency position (P6) on the test split,
 relative to uniform attention (alpha_i * n: 1 = average), for behaviours of the target's category and the
@@ -12,6 +13,9 @@ principal components, coloured by value (large dots: the values the training spl
 Spearman correlation between |a - b| and the distance of the encodings over the values seen in training
 (positive: nearby values sit closer, the order is learned). Writes
 benchmarks/results/encoders/mnse_vectors_<protocol>.{png,json}.
+
+similarity: per vector pair of a dataset (default p2v), the cosine's distribution by label on the test
+split and its AUC as a lone score. Writes benchmarks/results/encoders/similarity_<dataset>.{png,json}.
 """
 from __future__ import annotations
 
@@ -185,12 +189,56 @@ def mnse(run_dir: Path) -> None:
     print(f"wrote {OUT / f'mnse_vectors_{name}.png'}")
 
 
+def similarity(dataset: str) -> None:
+    """Distribution of each vector pair's cosine by label on the test split, and its AUC as a lone score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from untwine.data.encode import prepare
+    from untwine.metrics.classification import auc
+
+    spec = resolve_dataset(dataset)
+    prepared = prepare(spec)
+    pairs = [(f.name, f.pair) for f in spec.schema.vectors if f.pair]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 3.8), squeeze=False)
+    report = {}
+    for ax, (a, b) in zip(axes[0], pairs):
+        report[f"{a}~{b}"] = {}
+        for split in ("train", "test"):
+            arr = SplitArrays.open(prepared, split).arrays
+            u, v = np.asarray(arr[f"vec.{a}"]), np.asarray(arr[f"vec.{b}"])
+            nu, nv = np.linalg.norm(u, axis=1), np.linalg.norm(v, axis=1)
+            ok = (nu > 0) & (nv > 0)
+            cos = (u * v).sum(1)[ok] / (nu * nv)[ok]
+            y = np.asarray(arr["labels"])[ok, 0]
+            report[f"{a}~{b}"][split] = {"auc_of_cosine_alone": float(auc(cos, y)), "missing_rate": float(1 - ok.mean()),
+                                         "cosine_quantiles_1_50_99": [float(q) for q in np.quantile(cos, [.01, .5, .99])]}
+            if split == "test":
+                for lab, colour in ((1, "tab:red"), (0, "tab:blue")):
+                    ax.hist(cos[y == lab], bins=60, density=True, alpha=0.5, color=colour, label=f"label {lab}")
+                ax.set_title(f"cos({a}, {b}), test: AUC alone {report[f'{a}~{b}'][split]['auc_of_cosine_alone']:.3f}",
+                             fontsize=9)
+                ax.set_xlabel("cosine similarity (MNSE code = round((s + 1) / 2 * M))")
+                ax.legend()
+    fig.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT / f"similarity_{spec.name}.png", dpi=120)
+    write_json(OUT / f"similarity_{spec.name}.json", report)
+    print(json.dumps(report, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("plot", choices=["attention", "mnse"])
+    ap.add_argument("plot", choices=["attention", "mnse", "similarity"])
+    ap.add_argument("--dataset", default="p2v", help="similarity: a dataset with paired vector features")
     ap.add_argument("--run", type=Path)
     a = ap.parse_args()
     default = {"attention": "runs/bench/encoders/sequence/p5_tin_s1", "mnse": "runs/bench/encoders/numeric/p4_mnse_s1"}
+    if a.plot == "similarity":
+        similarity(a.dataset)
+        return
     run = a.run or Path(default[a.plot])
     (attention if a.plot == "attention" else mnse)(run)
 

@@ -52,20 +52,22 @@ def oracle_auc(protocol: str) -> float | None:
 
     return DatasetSpec.from_yaml(SIM_DIR / "dataset.yaml").extra["oracle_auc"]["test"]["click"]
 
+SPEC_TIM = "attention_norm: false, keep_history: false"
 # experiment -> (default protocols, {variant key: (label, model config file, overrides)})
 EXPERIMENTS: dict[str, tuple[list[str], dict[str, tuple[str, str, list[str]]]]] = {
     "sequence": (["p5", "p6"], {
         "mean": ("mean pooling (DNN)", "dnn", []),
         "din": ("DIN", "din", []),
-        "tin": ("TIN", "tin", []),
-        "tin_no_time": ("TIN without temporal encoding", "tin",
-                        ["model.sequence_encoder={name: tim, temporal_encoding: false}"]),
-        "tin_no_target": ("TIN without target-aware representation", "tin",
-                          ["model.sequence_encoder={name: tim, target_aware_representation: false}"]),
-        "tin_norm": ("TIN with scale-free attention (attention_norm)", "tin",
-                     ["model.sequence_encoder={name: tim, attention_norm: true}"]),
-        "tin_norm_keep": ("TIN, attention_norm, attended history kept beside the product (keep_history)", "tin",
-                          ["model.sequence_encoder={name: tim, attention_norm: true, keep_history: true}"]),
+        # the SPEC 2.1 formula and its ablations: attention_norm and keep_history off
+        "tin": ("TIN, SPEC formula", "tin", [f"model.sequence_encoder={{name: tim, {SPEC_TIM}}}"]),
+        "tin_no_time": ("TIN, SPEC formula, without temporal encoding", "tin",
+                        [f"model.sequence_encoder={{name: tim, temporal_encoding: false, {SPEC_TIM}}}"]),
+        "tin_no_target": ("TIN, SPEC formula, without target-aware representation", "tin",
+                          [f"model.sequence_encoder={{name: tim, target_aware_representation: false, {SPEC_TIM}}}"]),
+        "tin_norm": ("TIN, SPEC formula + scale-free attention (attention_norm)", "tin",
+                     ["model.sequence_encoder={name: tim, attention_norm: true, keep_history: false}"]),
+        "tin_norm_keep": ("TIN default: attention_norm + attended history kept beside the product (keep_history)",
+                          "tin", ["model.sequence_encoder={name: tim, attention_norm: true, keep_history: true}"]),
     }),
     "numeric": (["p4", "p3"], {
         "scaled": ("raw scaled value x vector", "dnn", ["model.numeric_encoder=scaled"]),
@@ -75,7 +77,9 @@ EXPERIMENTS: dict[str, tuple[list[str], dict[str, tuple[str, str, list[str]]]]] 
     "vector": (["p2v"], {
         "drop": ("no vector features", "dnn", ["model.vector_encoder=drop"]),
         "project": ("raw vectors, linear projection", "dnn", ["model.vector_encoder=project"]),
-        "similarity": ("cosine similarity + MNSE", "dnn", ["model.vector_encoder=similarity"]),
+        "similarity": ("cosine similarity + MNSE (M = 100)", "dnn", ["model.vector_encoder=similarity"]),
+        "similarity_m1000": ("cosine similarity + MNSE (M = 1000)", "dnn",
+                             ["model.vector_encoder={name: similarity, max_value: 1000}"]),
     }),
 }
 

@@ -198,7 +198,8 @@ def _seq_batch(space, make_batch, n=8):
 def test_tim_field_matches_naive_loop_over_the_table(make_batch, timestamps):
     space = _seq_space(timestamps)
     torch.manual_seed(0)
-    fe = FieldEmbedding(space, 4, init_std=1.0, sequence_encoding=SequenceEncoding(name="tim"))
+    spec_formula = SequenceEncoding(name="tim", attention_norm=False, keep_history=False)
+    fe = FieldEmbedding(space, 4, init_std=1.0, sequence_encoding=spec_formula)
     batch = _seq_batch(space, make_batch)
     fields, _ = fe(batch)
     assert fields.shape == (len(batch), 3 + 2, 4)
@@ -214,6 +215,22 @@ def test_tim_field_matches_naive_loop_over_the_table(make_batch, timestamps):
         buckets = recency_positions(mask)
     want = naive_tim(seq.encoder, target, behaviour, mask, buckets)
     torch.testing.assert_close(fields[:, 3:].flatten(1).double(), want, atol=1e-6, rtol=1e-6)
+    # the default (attention_norm + keep_history): the normalised-attention product, then the attended history
+    torch.manual_seed(0)
+    default = FieldEmbedding(space, 4, init_std=1.0, sequence_encoding=SequenceEncoding(name="tim"))
+    enc = default.sequences[0].encoder
+    assert enc.normalise and enc.keep_history
+    out = default(batch)[0]
+    assert out.shape == (len(batch), 3 + 4, 4)
+    W = default.table.weight
+    behaviour = torch.cat([W[batch.seq["hist"] + default.offsets["item_id"]],
+                           W[batch.seq["hist.hist_cate"] + default.offsets["cate"]]], -1)
+    target = torch.cat([W[batch["item_id"] + default.offsets["item_id"]], W[batch["cate"] + default.offsets["cate"]]], -1)
+    u, alpha = enc(target, behaviour, mask, buckets, return_attention=True)
+    a_t, b_t = enc.encode(target, behaviour, buckets)
+    torch.testing.assert_close(out[:, 3:5].flatten(1).double(), naive_tim(enc, target, behaviour, mask, buckets),
+                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out[:, 5:].flatten(1), (alpha.unsqueeze(-1) * b_t).sum(1), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tim", "din", "pool"])

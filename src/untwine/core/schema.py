@@ -87,6 +87,10 @@ class SequenceEncoding(_Encoding):
       ``concat`` which adds one field), scaled dot-product target attention over non-padded
       behaviours, and the target-aware representation (sum_i alpha_i b~_i) * a~.
       ``temporal_encoding: false`` and ``target_aware_representation: false`` are the ablations.
+      Two measured refinements are on by default: ``attention_norm`` (layer-normalised query/key
+      inputs, so the attention is not stuck near uniform while embeddings are small) and
+      ``keep_history`` (the attended history sum_i alpha_i b~_i is output beside the product, as the
+      TIN authors' code feeds its MLP); with both off the module is exactly SPEC 2.1's formula.
 
     ``target``: the categorical feature the attention compares against (default: ``vocab_from``).
     """
@@ -100,8 +104,9 @@ class SequenceEncoding(_Encoding):
     time_buckets: int = Field(32, ge=2)
     time_base: float = Field(2.0, gt=1)
     time_unit: float = Field(1.0, gt=0)  # seconds
-    attention_norm: bool = False  # layer-normalise query and key inputs (scale-free attention logits)
-    keep_history: bool = False  # also output sum_i alpha_i b~_i beside the target-aware product (TIN's code)
+    # measured best on P5 and P6 (benchmarks/results/encoders/sequence.md); both false is SPEC 2.1's formula
+    attention_norm: bool = True  # layer-normalise query and key inputs (scale-free attention logits)
+    keep_history: bool = True  # also output sum_i alpha_i b~_i beside the target-aware product (TIN's code)
 
 
 class VectorEncoding(_Encoding):
