@@ -6,7 +6,7 @@
 
 Every variant of one experiment shares the protocol's config (embedding size, MLP, batch, optimiser,
 early stopping: configs/<protocol>/<model>.yaml) and changes only the encoder. ``sim`` is the built-in
-simulator (300k impressions, seed 2024, the click task; configs/p6 settings), whose click probability
+simulator (1M impressions, seed 2024, the click task; configs/p6 settings), whose click probability
 rises with exponentially decayed recent clicks in the ad's category: there the truth is known to
 depend on time gaps and categories, and the oracle AUC is reported beside the models. Writes
 benchmarks/results/encoders/<experiment>/<protocol>_<variant>_s<seed>.json and the table
@@ -41,7 +41,7 @@ def protocol_config(protocol: str, model_file: str) -> tuple[Path, list[str]]:
 
     yaml_path = SIM_DIR / "dataset.yaml"
     if not yaml_path.exists():
-        write_dataset(SimConfig(n_impressions=300_000, seed=2024), SIM_DIR)
+        write_dataset(SimConfig(n_impressions=1_000_000, seed=2024), SIM_DIR)
     return CONFIGS / "p6" / f"{model_file}.yaml", [f"dataset={yaml_path.resolve()}", "tasks=[click]"]
 
 
@@ -100,7 +100,9 @@ def run_one(exp: str, protocol: str, key: str, model_file: str, overrides: list[
 def table(exp: str, recs: list[dict], variants: dict, cmd: str) -> str:
     lines = [f"# Encoder experiment: {exp}", "", f"`{cmd}`", "",
              f"Machine: {json.dumps(machine())}. Test metrics of the best-validation epoch, mean ± std over "
-             "model seeds; GAUC weights users by impressions.", ""]
+             "model seeds; GAUC weights users by impressions. Train samples/s: each run on the threads its "
+             "overrides give (train.threads=1 in the committed runs), with up to four runs sharing the machine's "
+             "cores, so they compare encoders' costs only roughly (benchmarks/throughput.py measures speed).", ""]
     protocols = list(dict.fromkeys(r["protocol"] for r in recs))
     for p in protocols:
         task = next(r["task"] for r in recs if r["protocol"] == p)

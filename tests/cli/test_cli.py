@@ -36,7 +36,10 @@ def test_train_with_overrides_then_evaluate(tmp_path):
     assert res.exit_code == 0, res.output
     assert "test y:" in res.output
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["model"] == {"name": "dnn", "hidden": [8]} and cfg["train"]["epochs"] == 1
+    # the saved model config is fully resolved: a later change of a default cannot change the run
+    assert cfg["model"]["name"] == "dnn" and cfg["model"]["hidden"] == [8] and cfg["train"]["epochs"] == 1
+    assert cfg["model"]["embedding_dim"] == 10 and cfg["model"]["numeric_encoder"] == {
+        "name": "scaled", "buckets": 20, "max_value": 1000, "bases": [2, 3, 10], "transform": "quantile", "combine": "sum"}
     res = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
     assert res.exit_code == 0, res.output
     assert 0.0 <= json.loads(res.output)["y"]["auc"] <= 1.0
@@ -76,7 +79,8 @@ def test_train_tin_on_p5_from_yaml_alone(shared_data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "test label: auc=" in res.output
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["sequence_encoder"] == "tim"
+    assert saved["model"]["sequence_encoder"]["name"] == "tim"
+    assert saved["model"]["sequence_encoder"]["attention_norm"] is True
     assert json.loads((run / "feature_space.json").read_text())["schema"]["timestamp"] == "timestamp"
     listed = runner.invoke(app, ["models"]).output
     assert "din " in listed and "tin " in listed
