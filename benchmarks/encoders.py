@@ -45,12 +45,19 @@ def protocol_config(protocol: str, model_file: str) -> tuple[Path, list[str]]:
     return CONFIGS / "p6" / f"{model_file}.yaml", [f"dataset={yaml_path.resolve()}", "tasks=[click]"]
 
 
-def oracle_auc(protocol: str) -> float | None:
+def oracle_metrics(protocol: str) -> tuple[float, float] | None:
+    """Test AUC and GAUC of the simulator's true click probabilities (None for logged data)."""
     if protocol != "sim":
         return None
-    from untwine.core.dataset_spec import DatasetSpec
+    import numpy as np
+    import pyarrow.parquet as pq
 
-    return DatasetSpec.from_yaml(SIM_DIR / "dataset.yaml").extra["oracle_auc"]["test"]["click"]
+    from untwine.metrics.classification import auc, gauc
+
+    t = pq.read_table(SIM_DIR / "test.parquet", columns=["p_click", "click", "user_id"])
+    p, y = t.column("p_click").to_numpy(), t.column("click").to_numpy()
+    return auc(p, y), gauc(p, y, np.asarray(t.column("user_id").to_pylist())).value
+
 
 SPEC_TIM = "attention_norm: false, keep_history: false"
 # experiment -> (default protocols, {variant key: (label, model config file, overrides)})
@@ -106,10 +113,11 @@ def table(exp: str, recs: list[dict], variants: dict, cmd: str) -> str:
     protocols = list(dict.fromkeys(r["protocol"] for r in recs))
     for p in protocols:
         task = next(r["task"] for r in recs if r["protocol"] == p)
-        oracle = oracle_auc(p)
+        oracle = oracle_metrics(p)
         lines += [f"## {p.upper()} (task {task})", ""]
         if oracle is not None:
-            lines += [f"Oracle test AUC (the simulator's true click probabilities): {oracle:.4f}.", ""]
+            lines += [f"Oracle (the simulator's true click probabilities): test AUC {oracle[0]:.4f}, "
+                      f"GAUC {oracle[1]:.4f}.", ""]
         lines += ["| encoder | seeds | test AUC | test GAUC | test logloss | epochs | train samples/s | parameters |",
                   "|---|---|---|---|---|---|---|---|"]
         for key, (label, _, _) in variants.items():
