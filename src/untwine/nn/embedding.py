@@ -43,7 +43,7 @@ class SequenceField(nn.Module):
                  cat_index: dict[str, int]) -> None:
         super().__init__()
         schema = space.schema
-        self.name, self.pooling, self.kind = f.name, f.pooling, enc.name
+        self.name, self.pooling = f.name, f.pooling
         self.owner = schema.vocab_owner(f)
         self.sides = [(f"{f.name}.{side}", schema.vocab_owner(schema.feature(ref)), ref)
                       for side, ref in f.side_fields.items()]
@@ -77,43 +77,43 @@ class SequenceField(nn.Module):
                                         keep_history=enc.keep_history)
         self.n_fields = self.encoder.repr_dim // dim
 
-    def behaviours(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch) -> tuple[Tensor, Tensor]:
-        """(behaviour (B, L, (1 + S) D), mask (B, L))."""
-        ids = batch.seq[self.name]
-        parts = [table(ids + offsets[self.owner])]
-        parts += [table(batch.seq[key] + offsets[owner]) for key, owner, _ in self.sides]
-        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0], ids > 0
+    def _parts(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch) -> list[tuple[Tensor, Tensor]]:
+        """(embedded (B, L, D), ids (B, L)) of the items, then of each side field."""
+        keys = [(self.name, self.owner)] + [(key, owner) for key, owner, _ in self.sides]
+        return [(table(batch.seq[key] + offsets[owner]), batch.seq[key]) for key, owner in keys]
 
     def time_positions(self, batch: Batch, mask: Tensor) -> Tensor:
         if self.timestamps:
             return gap_buckets(batch.timestamp.unsqueeze(1) - batch.seq[self.timestamps], self.boundaries)
         return recency_positions(mask)
 
+    def _attend(self, parts: list[tuple[Tensor, Tensor]], batch: Batch, cat_emb: Tensor,
+                return_attention: bool = False):
+        """The attention encoder over behaviours [item; sides] (B, L, (1 + S) D) against the target."""
+        behaviour = torch.cat([emb for emb, _ in parts], dim=-1) if len(parts) > 1 else parts[0][0]
+        mask = parts[0][1] > 0
+        target = cat_emb[:, self.target_columns].flatten(1)  # (B, (1 + S) D), same layout as a behaviour
+        if isinstance(self.encoder, DINAttention):
+            return self.encoder(target, behaviour, mask)
+        positions = self.time_positions(batch, mask) if self.encoder.temporal or return_attention else None
+        out = self.encoder(target, behaviour, mask, positions if self.encoder.temporal else None,
+                           return_attention=return_attention)
+        return (*out, positions, mask) if return_attention else out
+
     def attention(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch,
                   cat_emb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """TIM's weights for analysis: (alpha (B, L), time bucket or recency position (B, L), mask (B, L))."""
         if not isinstance(self.encoder, TemporalInterest):
             raise ValueError(f"sequence {self.name!r} is not encoded by TIM")
-        behaviour, mask = self.behaviours(table, offsets, batch)
-        target = cat_emb[:, self.target_columns].flatten(1)
-        positions = self.time_positions(batch, mask)
-        _, alpha = self.encoder(target, behaviour, mask, positions if self.encoder.temporal else None,
-                                return_attention=True)
+        _, alpha, positions, mask = self._attend(self._parts(table, offsets, batch), batch, cat_emb,
+                                                 return_attention=True)
         return alpha, positions, mask
 
     def forward(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch, cat_emb: Tensor | None) -> Tensor:
+        parts = self._parts(table, offsets, batch)
         if self.encoder is None:  # pooling keeps each part's own padding mask
-            out = [masked_mean(table(batch.seq[self.name] + offsets[self.owner]), batch.seq[self.name], self.pooling)]
-            out += [masked_mean(table(batch.seq[key] + offsets[owner]), batch.seq[key], self.pooling)
-                    for key, owner, _ in self.sides]
-            return torch.stack(out, dim=1)
-        behaviour, mask = self.behaviours(table, offsets, batch)
-        target = cat_emb[:, self.target_columns].flatten(1)  # (B, (1 + S) D), same layout as a behaviour
-        if isinstance(self.encoder, DINAttention):
-            u = self.encoder(target, behaviour, mask)
-        else:
-            buckets = self.time_positions(batch, mask) if self.encoder.temporal else None
-            u = self.encoder(target, behaviour, mask, buckets)
+            return torch.stack([masked_mean(emb, ids, self.pooling) for emb, ids in parts], dim=1)
+        u = self._attend(parts, batch, cat_emb)
         return u.view(u.shape[0], self.n_fields, self.dim)
 
 
@@ -153,20 +153,21 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("cat_offsets", torch.tensor([offsets[f.name] for f in schema.categorical],
                                                          dtype=torch.long), persistent=False)
         self.multi = [(f.name, f.pooling) for f in schema.multi_categorical]
+        if linear:
+            numeric_encoding, sequence_encoding, vector_encoding = SCALED, POOL, PROJECT
 
         def chosen(f: Feature, default):
             return default if linear or f.encoding is None else f.encoding
 
         cat_index = {f.name: j for j, f in enumerate(schema.categorical)}
-        self.sequences = nn.ModuleList(
-            SequenceField(f, chosen(f, POOL if linear else sequence_encoding), space, dim, cat_index)
-            for f in schema.sequences)
+        self.sequences = nn.ModuleList(SequenceField(f, chosen(f, sequence_encoding), space, dim, cat_index)
+                                       for f in schema.sequences)
         self.num_numeric = len(schema.numeric)
         self.numeric = None
         if numeric_mode == "embed" and self.num_numeric:
-            encodings = [chosen(f, SCALED if linear else numeric_encoding) for f in schema.numeric]
+            encodings = [chosen(f, numeric_encoding) for f in schema.numeric]
             self.numeric = NumericFieldEncoder(schema.numeric, space.numeric_stats, encodings, dim, init_std)
-        vec_enc = {f.name: chosen(f, PROJECT if linear else vector_encoding) for f in schema.vectors}
+        vec_enc = {f.name: chosen(f, vector_encoding) for f in schema.vectors}
         # similarity pairs (user side, item side), then every other kept vector projected
         self.pairs = [(f.name, f.pair) for f in schema.vectors if f.pair and vec_enc[f.name].name == "similarity"]
         paired = {n for pair in self.pairs for n in pair}
@@ -175,7 +176,6 @@ class FieldEmbedding(nn.Module):
         self.similarity = None
         if self.pairs:
             enc = vec_enc[self.pairs[0][0]]
-            self.similarity_max = enc.max_value
             self.similarity = MNSE(len(self.pairs), enc.max_value, dim, enc.bases, enc.combine, init_std)
         self.num_fields = (len(schema.categorical) + len(self.multi) + sum(s.n_fields for s in self.sequences)
                            + len(self.vector_proj) + len(self.pairs)
@@ -195,7 +195,7 @@ class FieldEmbedding(nn.Module):
             u, v = batch.vectors[a], batch.vectors[b]
             nu, nv = u.norm(dim=1), v.norm(dim=1)
             cos = (u * v).sum(dim=1) / (nu * nv).clamp_min(1e-12)
-            codes.append(torch.round((cos.clamp(-1, 1) + 1) / 2 * self.similarity_max).long())
+            codes.append(torch.round((cos.clamp(-1, 1) + 1) / 2 * self.similarity.max_value).long())
             missing.append((nu == 0) | (nv == 0))
         return torch.stack(codes, dim=1), torch.stack(missing, dim=1)
 

@@ -79,14 +79,12 @@ class ExperimentConfig(BaseModel):
         d = self.model_dump(mode="json", exclude={"base_dir"})
         if self.base_dir and (Path(self.base_dir) / self.dataset).exists():  # a saved config must not depend on cwd
             d["dataset"] = str((Path(self.base_dir) / self.dataset).resolve())
-        d["model"] = {"name": self.model.name, **self.model_options(resolved=True)}
+        d["model"] = {"name": self.model.name, **self.resolved_model_options()}
         return d
 
-    def model_options(self, resolved: bool = False) -> dict[str, Any]:
-        """The model's options as given, or (``resolved``) with every default filled in, so a saved
-        run rebuilds the same model after a library default changes."""
-        if not resolved:
-            return self.model.options()
+    def resolved_model_options(self) -> dict[str, Any]:
+        """The model's options with every default filled in, so a saved run rebuilds the same model
+        after a library default changes."""
         from untwine.models.base import MODELS
 
         return MODELS.get(self.model.name).config.model_validate(self.model.options()).model_dump(mode="json")
