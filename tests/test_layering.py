@@ -1,4 +1,4 @@
-"""Dependencies point one way: core -> data -> nn -> models -> train -> sim/cli (checked on the AST)."""
+"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim -> cli (checked on the AST)."""
 import ast
 from pathlib import Path
 
@@ -14,7 +14,8 @@ ALLOWED = {
     "models": {"core", "nn", "models"},
     "train": {"core", "data", "nn", "models", "metrics", "train"},
     "sim": {"core", "metrics", "sim"},
-    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "cli"},
+    "analysis": {"core", "data", "nn", "models", "metrics", "train", "analysis"},
+    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "cli"},
 }
 
 

@@ -21,6 +21,8 @@ def small_config(name: str, **extra) -> dict:
         cfg["hidden"] = [8, 6]
     if "cross_layers" in fields:
         cfg["cross_layers"] = 2
+    if "expert_dim" in fields:
+        cfg["expert_dim"] = 8
     cfg.update(extra)
     return cfg
 
@@ -37,6 +39,16 @@ if "dnn" in NAMES:
                  ("dnn", {"numeric_encoder": "bucket"}), ("dnn", {"numeric_encoder": "mnse"}),
                  ("dnn", {"numeric_encoder": {"name": "mnse", "combine": "concat", "transform": "log1p"}}),
                  ("dnn", {"vector_encoder": "similarity"}), ("dnn", {"vector_encoder": "drop"})]
+if "hetero_moe" in NAMES:
+    # the Moments pCTR shape (GwPFM over 3 groups needs a width divisible by 3), ME-DCN-V2, and the rest
+    VARIANTS += [("hetero_moe", {"tables": [6, 4], "experts": [{"type": "gwpfm"}, {"type": "flat_dnn", "hidden": [5]},
+                                                              {"type": "ipnn", "table": 1}]}),
+                 ("hetero_moe", {"tables": [4, 4], "combine": "mean",
+                                 "experts": [{"type": "cross", "project": False},
+                                             {"type": "cross", "table": 1, "project": False}]}),
+                 ("hetero_moe", {"tables": [6], "gate_input": "experts",
+                                 "experts": [{"type": "fm"}, {"type": "gwpfm", "intra": True}, {"type": "cross"}]}),
+                 ("hetero_moe", {"numeric": "raw", "experts": [{"type": "flat_dnn"}, {"type": "ipnn"}]})]
 if "tin" in NAMES:
     VARIANTS += [("tin", {"sequence_encoder": {"name": "tim", "temporal_encoding": False}}),
                  ("tin", {"sequence_encoder": {"name": "tim", "target_aware_representation": False}}),

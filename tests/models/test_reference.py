@@ -238,3 +238,65 @@ def test_dcnv2_low_rank_wiring(setup, structure):
     h = torch.cat([cross, naive_mlp(model.mlp, x0)], dim=1) if structure == "parallel" else naive_mlp(model.mlp, cross)
     expected = h @ model.head.weight.T + model.head.bias
     torch.testing.assert_close(stacked_logits(model(batch), space.schema.task_names), expected, **TOL)
+
+
+def naive_gwpfm_terms(fields: torch.Tensor, groups: list[int], weights: torch.Tensor) -> torch.Tensor:
+    """(B, P * d): per group pair g < h, w_gh * sum_{i in g, j in h} v_{i,h} * v_{j,g}, by a loop over features."""
+    B, F, W = fields.shape
+    G = max(groups) + 1
+    v = fields.view(B, F, G, W // G)
+    pairs = [(g, h) for g in range(G) for h in range(g + 1, G)]
+    out = []
+    for b in range(B):
+        terms = []
+        for k, (g, h) in enumerate(pairs):
+            t = torch.zeros(W // G)
+            for i in range(F):
+                for j in range(F):
+                    if groups[i] == g and groups[j] == h:
+                        t = t + v[b, i, h] * v[b, j, g]
+            terms.append(weights[k] * t)
+        out.append(torch.cat(terms))
+    return torch.stack(out)
+
+
+def naive_ipnn_input(fields: torch.Tensor) -> torch.Tensor:
+    F = fields.shape[1]
+    return torch.stack([torch.cat([fields[b].flatten(), torch.stack(
+        [torch.dot(fields[b, i], fields[b, j]) for i, j in itertools.combinations(range(F), 2)])])
+        for b in range(fields.shape[0])])
+
+
+def test_hetero_moe_moments_shape_reference(setup):
+    """Table 1 -> GwPFM + FlatDNN, table 2 -> IPNN, a softmax gate per task over all tables' fields,
+    one tower per task: replayed from the parameters with per-field lookups and loops."""
+    space, batch = setup
+    experts = [{"type": "gwpfm"}, {"type": "flat_dnn", "hidden": [5]}, {"type": "ipnn", "table": 1}]
+    model = build("hetero_moe", space, tables=[6, 4], experts=experts, expert_dim=4, hidden=[3])
+    t0, t1 = (naive_fields(t, space, batch) for t in model.tables)
+    groups = [{"user": 0, "item": 1, "context": 2}[space.schema.feature(f).group.value]
+              for f in model.tables[0].field_features()]
+    z = [naive_gwpfm_terms(t0, groups, model.experts[0].interaction.pair_weight), t0.flatten(1),
+         naive_ipnn_input(t1)]
+    h = torch.stack([naive_mlp(e.projection, x) for e, x in zip(model.experts, z)], dim=1)  # (B, E, H)
+    logits = model.gate.linear(torch.cat([t0.flatten(1), t1.flatten(1)], dim=1))
+    T = len(space.schema.task_names)
+    expected = []
+    for t in range(T):
+        w = torch.softmax(logits[:, t * 3:(t + 1) * 3], dim=1)  # task t's gate over the 3 experts
+        mixed = (w.unsqueeze(-1) * h).sum(dim=1)
+        body, out = model.towers.towers[t]
+        expected.append(out(naive_mlp(body, mixed)).squeeze(1))
+    torch.testing.assert_close(stacked_logits(model(batch), space.schema.task_names), torch.stack(expected, 1), **TOL)
+
+
+def test_me_dcnv2_reference(setup):
+    """Multi-embedding DCN-V2: a cross network per table, their mean, a shared MLP (tower)."""
+    space, batch = setup
+    experts = [{"type": "cross", "project": False, "cross_layers": 2},
+               {"type": "cross", "table": 1, "project": False, "cross_layers": 2}]
+    model = build("hetero_moe", space, tables=[3, 3], experts=experts, combine="mean", hidden=[4])
+    mean = sum(naive_cross(e.interaction, naive_flat(t, space, batch)) for e, t in zip(model.experts, model.tables)) / 2
+    expected = [model.towers.towers[t][1](naive_mlp(model.towers.towers[t][0], mean)).squeeze(1)
+                for t in range(len(space.schema.task_names))]
+    torch.testing.assert_close(stacked_logits(model(batch), space.schema.task_names), torch.stack(expected, 1), **TOL)

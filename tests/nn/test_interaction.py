@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from untwine.nn.interaction import CrossNetV2, FactorizationMachine, LowRankCrossNet
+from untwine.nn.interaction import BiInteraction, CrossNetV2, FactorizationMachine, GroupwisePFM, InnerProduct, LowRankCrossNet
 
 
 # ---------------------------------------------------------------- factorization machine
@@ -229,3 +229,71 @@ def test_low_rank_single_expert_gate_is_constant():
     net(torch.randn(3, 4)).sum().backward()
     torch.testing.assert_close(net.gates[0].weight.grad, torch.zeros_like(net.gates[0].weight))
     assert net.U[0].grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- FM per dimension, IPNN, GwPFM
+
+def test_bi_interaction_sums_to_the_fm_score():
+    v = torch.randn(6, 5, 4, dtype=torch.float64)
+    bi = BiInteraction()(v)
+    assert bi.shape == (6, 4)
+    naive = torch.stack([sum(v[:, i] * v[:, j] for i, j in itertools.combinations(range(5), 2))])[0]
+    torch.testing.assert_close(bi, naive)
+    torch.testing.assert_close(bi.sum(1), naive_fm(v))
+
+
+@pytest.mark.parametrize("F", [1, 2, 5])
+def test_inner_product_equals_naive_pairs(F):
+    g = torch.Generator().manual_seed(F)
+    v = torch.randn(4, F, 3, generator=g, dtype=torch.float64)
+    layer = InnerProduct(F)
+    out = layer(v)
+    assert layer.num_pairs == F * (F - 1) // 2
+    naive = torch.stack([torch.cat([v[b].flatten(), torch.tensor(
+        [torch.dot(v[b, i], v[b, j]).item() for i, j in itertools.combinations(range(F), 2)], dtype=v.dtype)])
+        for b in range(4)])
+    torch.testing.assert_close(out, naive)
+
+
+def naive_gwpfm(v: torch.Tensor, groups: list[int], w: dict[tuple[int, int], float], intra: bool) -> torch.Tensor:
+    """Phi by the double loop over features of every group pair (SPEC 3): <v_{i,h}, v_{j,g}>."""
+    B, F, G, _ = v.shape
+    out = torch.zeros(B, dtype=v.dtype)
+    for b in range(B):
+        for g in range(G):
+            for h in range(g if intra else g + 1, G):
+                for i in range(F):
+                    for j in range(F):
+                        if groups[i] != g or groups[j] != h or (g == h and j <= i):
+                            continue
+                        out[b] += w[(g, h)] * torch.dot(v[b, i, h], v[b, j, g])
+    return out
+
+
+@pytest.mark.parametrize("groups", [[0, 1, 2, 0, 1, 1, 2], [0, 0, 1], [1, 0, 1, 0], [0, 0, 0]])
+@pytest.mark.parametrize("intra", [False, True])
+def test_gwpfm_equals_its_naive_double_loop(groups, intra):
+    g = torch.Generator().manual_seed(len(groups) * 10 + intra)
+    G = max(groups) + 1
+    layer = GroupwisePFM(groups, intra=intra).double()
+    with torch.no_grad():
+        layer.pair_weight.copy_(torch.randn(layer.num_pairs, generator=g, dtype=torch.float64))
+    w = {(int(r), int(c)): float(x) for r, c, x in zip(layer.rows, layer.cols, layer.pair_weight.detach())}
+    v = torch.randn(5, len(groups), G, 3, generator=g, dtype=torch.float64)
+    assert layer(v).shape == (5, layer.num_pairs, 3)
+    torch.testing.assert_close(layer.score(v), naive_gwpfm(v, groups, w, intra))
+
+
+def test_gwpfm_reads_the_partner_groups_vector():
+    """Feature i of group g meets j of group h through v_{i,h} and v_{j,g}, not its own group's vectors."""
+    v = torch.zeros(1, 2, 2, 1)
+    v[0, 0, 1, 0] = 2.0  # v_{0,h=1}
+    v[0, 1, 0, 0] = 3.0  # v_{1,g=0}
+    assert GroupwisePFM([0, 1]).score(v).item() == 6.0
+    v[0, 0, 0, 0] = 100.0  # feature 0's own-group vector is not used across groups
+    assert GroupwisePFM([0, 1]).score(v).item() == 6.0
+
+
+def test_gwpfm_rejects_unused_group_numbers():
+    with pytest.raises(ValueError, match="numbered 0..G-1"):
+        GroupwisePFM([0, 2])

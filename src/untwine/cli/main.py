@@ -12,6 +12,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="untwine: ads and recommendation models.")
 data_app = typer.Typer(no_args_is_help=True, help="Prepare recipe datasets or download full public datasets.")
 app.add_typer(data_app, name="data")
+analyze_app = typer.Typer(no_args_is_help=True, help="Analysis tools over trained runs.")
+app.add_typer(analyze_app, name="analyze")
 
 
 def _fmt(x: float) -> str:
@@ -57,6 +59,58 @@ def models() -> None:
 
     for e in MODELS.entries():
         typer.echo(f"{e.name:10s} {e.paper}\n{'':10s} inputs: {e.inputs}")
+
+
+@analyze_app.command("collapse")
+def analyze_collapse(run_dirs: List[Path] = typer.Argument(..., exists=True, file_okay=False, help="run directories"),
+                     out: Optional[Path] = typer.Option(None, help="output directory (default RUN_DIR/collapse "
+                                                                   "for one run, ./collapse for several)"),
+                     weighted: bool = typer.Option(False, help="weight each row by its training frequency"),
+                     alarm: Optional[float] = typer.Option(None, help="list features whose IA is below this "
+                                                                      "(exit code 1 when any)"),
+                     pairs: int = typer.Option(0, help="rows of the valid split for per-field-pair spectra "
+                                                       "of v_i * v_j (0: off)")) -> None:
+    """Singular spectra and information abundance of every embedding table of trained runs: JSON + PNG."""
+    from untwine.analysis.collapse import collapse_report, pair_spectra, plot_ia, plot_pair_ia, plot_spectra
+    from untwine.core.io import atomic_write_json
+    from untwine.train.run import load_run, run_split_loader
+
+    out = out or (run_dirs[0] / "collapse" if len(run_dirs) == 1 else Path("collapse"))
+    reports, collapsed = {}, []
+    for run in run_dirs:
+        cfg, space, model = load_run(run)
+        label = run.name if run.name not in reports else str(run)
+        report = collapse_report(model, space, run / "vocab", frequency_weighted=weighted, alarm=alarm)
+        report.update(run_dir=str(run), model=cfg.model.name)
+        if pairs:
+            loader = run_split_loader(run, cfg, space, "valid", batch_size=4096)
+            report["pairs"] = pair_spectra(model, loader, max_rows=pairs)
+            for k, table in enumerate(report["pairs"]):
+                plot_pair_ia(table, out / f"pair_ia_{label}_{k}.png")
+        plot_spectra(report, out / f"spectra_{label}.png", title=f"{label} ({cfg.model.name})")
+        reports[label] = report
+        typer.echo(f"{label}: mean IA {report['mean_ia']:.2f} over {len(report['tables'])} table(s) "
+                   + " ".join(f"[{t['path']} d={t['dim']}: {t['mean_ia']:.2f}]" for t in report["tables"]))
+        collapsed += [(label, c) for c in report.get("collapsed", [])]
+    plot_ia(reports, out / "ia_per_feature.png")
+    atomic_write_json(out / "collapse.json", reports)
+    typer.echo(f"wrote {out}/collapse.json and plots")
+    if alarm is not None:
+        for label, c in collapsed:
+            typer.echo(f"collapsed: {label} {c['table']} {c['feature']} IA {c['ia']:.2f} < {alarm} "
+                       f"(could reach {c['ceiling']})")
+        if collapsed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def simulate(out: Path = typer.Argument(..., help="directory for the log and its dataset.yaml"),
+             impressions: int = typer.Option(1_000_000, help="simulated impressions"),
+             seed: int = typer.Option(2024)) -> None:
+    """Write the built-in simulator's ads log as a dataset (train / valid / test parquet + dataset.yaml)."""
+    from untwine.sim import SimConfig, write_dataset
+
+    typer.echo(f"wrote {write_dataset(SimConfig(n_impressions=impressions, seed=seed), out)}")
 
 
 @data_app.command("prepare")

@@ -1,5 +1,5 @@
 """Registered models. Importing this package registers every built-in model."""
-from untwine.models import dcnv2, deepfm, din, dnn, fm, lr, tin  # noqa: F401
+from untwine.models import dcnv2, deepfm, din, dnn, fm, hetero_moe, lr, tin  # noqa: F401
 from untwine.models.base import MODELS, RankingModel, build_model
 
 __all__ = ["MODELS", "RankingModel", "build_model"]

@@ -137,6 +137,8 @@ class FieldEmbedding(nn.Module):
                  linear: bool = False) -> None:
         super().__init__()
         schema = space.schema
+        self.space_schema = schema
+        self.linear = linear  # first-order weights, not an embedding table (collapse analysis skips it)
         self.dim, self.numeric_mode = dim, numeric_mode
         offsets: dict[str, int] = {}
         rows = 0
@@ -181,6 +183,23 @@ class FieldEmbedding(nn.Module):
                            + len(self.vector_proj) + len(self.pairs)
                            + (self.num_numeric if numeric_mode == "embed" else 0))
         self.dense_dim = self.num_numeric if numeric_mode == "raw" else 0
+
+    def field_names(self) -> list[str]:
+        """One name per output field, in ``forward``'s order (a sequence's parts as ``seq.side`` or
+        ``seq#k``, a similarity pair as ``user~item``)."""
+        schema = self.space_schema
+        names = [f.name for f in schema.categorical] + [n for n, _ in self.multi]
+        for seq in self.sequences:
+            parts = [seq.name] + [key for key, _, _ in seq.sides]
+            names += parts if seq.n_fields == len(parts) else [f"{seq.name}#{k}" for k in range(seq.n_fields)]
+        names += list(self.vector_proj) + [f"{a}~{b}" for a, b in self.pairs]
+        if self.numeric is not None:
+            names += [f.name for f in schema.numeric]
+        return names
+
+    def field_features(self) -> list[str]:
+        """The schema feature behind each output field (a pair counts as its first, user-side vector)."""
+        return [n.split("#")[0].split("~")[0].split(".")[0] for n in self.field_names()]
 
     @property
     def output_dim(self) -> int:
@@ -242,3 +261,28 @@ class FieldEmbedding(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters that are row-sparse by nature (the table), for the embedding optimizer."""
         return [self.table.weight]
+
+
+class MultiEmbedding(nn.ModuleList):
+    """K independent :class:`FieldEmbedding` tables over the same fields, one width per table (asymmetric
+    widths allowed), each fused (one lookup per table per batch) with the foundation's PAD / OOV rows.
+    K = 1 is the single embedding: built under the same seed it holds the same table.
+
+    Example::
+
+        >>> # tables = MultiEmbedding([FieldEmbedding(space, d) for d in (10, 20)])
+        >>> # [fields.shape for fields, _ in tables(batch)]  ->  [(B, F, 10), (B, F, 20)]
+    """
+
+    def __init__(self, tables: list[FieldEmbedding]) -> None:
+        super().__init__(tables)
+        names = {tuple(t.field_names()) for t in tables}
+        if len(names) != 1:
+            raise ValueError("multi-embedding tables must embed the same fields in the same order")
+
+    @property
+    def dims(self) -> list[int]:
+        return [t.dim for t in self]
+
+    def forward(self, batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
+        return [table(batch) for table in self]

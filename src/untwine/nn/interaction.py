@@ -73,3 +73,78 @@ class LowRankCrossNet(nn.Module):
             expert = x0.unsqueeze(1) * u  # (B, E, d)
             x = (gate.unsqueeze(-1) * expert).sum(dim=1) + x
         return x
+
+
+class BiInteraction(nn.Module):
+    """FM's pairwise term kept per dimension: sum_{i<j} v_i * v_j (B, D) (NFM's bi-interaction pooling);
+    its sum over D is :class:`FactorizationMachine`'s score. O(F D)."""
+
+    def forward(self, emb: Tensor) -> Tensor:  # (B, F, D) -> (B, D)
+        return 0.5 * (emb.sum(dim=1).pow(2) - emb.pow(2).sum(dim=1))
+
+
+class InnerProduct(nn.Module):
+    """IPNN's product layer (Qu et al., ICDM 2016): the flattened fields (linear part) beside the inner
+    products <v_i, v_j> of every field pair i < j, in row-major pair order -> (B, F D + F (F - 1) / 2).
+
+    Example::
+
+        >>> InnerProduct(3)(torch.ones(2, 3, 4))[0, -3:].tolist()  # 3 pairs of <1, 1> over 4 dims
+        [4.0, 4.0, 4.0]
+    """
+
+    def __init__(self, num_fields: int) -> None:
+        super().__init__()
+        rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.num_pairs = len(rows)
+
+    def forward(self, emb: Tensor) -> Tensor:  # (B, F, D)
+        gram = emb @ emb.transpose(1, 2)  # (B, F, F); F is small, the pairs are the upper triangle
+        return torch.cat([emb.flatten(1), gram[:, self.rows, self.cols]], dim=1)
+
+
+class GroupwisePFM(nn.Module):
+    """GwPFM (Tencent, KDD 2024): fields in G groups; feature i keeps one vector v_{i,h} per group h and
+    each group pair a learned scalar w_{g,h}:
+
+        Phi = sum_{g<h} w_{g,h} sum_{i in g} sum_{j in h} <v_{i,h}, v_{j,g}>   (+ optionally g = h, i < j).
+
+    The double sum over features factorises: with S_{g,h} = sum_{i in g} v_{i,h}, the (g, h) term is
+    w_{g,h} <S_{g,h}, S_{h,g}> and the intra-group term 0.5 (|S_{g,g}|^2 - sum_{i in g} |v_{i,g}|^2), so
+    the cost is O(F G d) and no feature pair is materialised. ``forward`` returns the per-pair terms kept
+    per dimension (B, P, d) for an expert's projection; ``score`` sums them to Phi (B,).
+
+    Args:
+        groups: the group index (0..G-1) of each field.
+        intra: add the within-group terms g = h.
+    """
+
+    def __init__(self, groups: list[int], intra: bool = False) -> None:
+        super().__init__()
+        g = max(groups) + 1
+        if sorted(set(groups)) != list(range(g)):
+            raise ValueError(f"GwPFM groups must be numbered 0..G-1 with every group used, got {groups}")
+        self.num_groups, self.intra = g, intra
+        member = torch.zeros(g, len(groups))
+        member[groups, torch.arange(len(groups))] = 1.0
+        self.register_buffer("member", member, persistent=False)  # (G, F)
+        rows, cols = torch.triu_indices(g, g, offset=0 if intra else 1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.num_pairs = len(rows)
+        self.pair_weight = nn.Parameter(torch.ones(self.num_pairs))
+
+    def forward(self, vectors: Tensor) -> Tensor:  # (B, F, G, d): v_{i,h} = vectors[:, i, h] -> (B, P, d)
+        s = torch.einsum("gf,bfhd->bghd", self.member, vectors)  # S_{g,h}
+        r, c = self.rows, self.cols
+        terms = s[:, r, c] * s[:, c, r]  # (B, P, d); on the diagonal this is S_{g,g}^2
+        if self.intra:
+            own = torch.einsum("gf,bfgd->bgd", self.member, vectors.pow(2))  # sum_{i in g} v_{i,g}^2
+            diag = r == c
+            terms = torch.where(diag.view(1, -1, 1), 0.5 * (terms - own[:, r]), terms)
+        return terms * self.pair_weight.view(1, -1, 1)
+
+    def score(self, vectors: Tensor) -> Tensor:  # (B, F, G, d) -> Phi (B,)
+        return self(vectors).sum(dim=(1, 2))

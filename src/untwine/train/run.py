@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from untwine.core.dataset_spec import DatasetSpec
+from untwine.core.features import FeatureSpace
 from untwine.core.io import atomic_write_json, atomic_write_text
 from untwine.core.paths import cache_root
 from untwine.data.encode import PreparedData, prepare
@@ -158,20 +159,31 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
     return result
 
 
-def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "test",
-                 batch_size: int = 16384) -> dict:
-    """Score a split with a finished run's best weights, encoding with the run's own vocabularies."""
-    from untwine.core.features import FeatureSpace
-    from untwine.data.encode import encode_with_vocab
+def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpace, torch.nn.Module]:
+    """A finished run's config, feature space and model with its best weights (safetensors, never pickle)."""
+    from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
     cfg = ExperimentConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     space = FeatureSpace.from_dict(json.loads((run_dir / "feature_space.json").read_text()))
-    spec = select_tasks(resolve_dataset(dataset or cfg.dataset, cfg.base_dir), cfg.tasks)
-    prepared = encode_with_vocab(spec, space, run_dir / "vocab", split)
     model = build_model(cfg.model.name, space, cfg.model.options())
-    from safetensors.torch import load_file
-
     model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-    loader = BatchLoader(SplitArrays.open(prepared, split), space.schema, batch_size, shuffle=False)
+    return cfg, space, model.eval()
+
+
+def run_split_loader(run_dir: str | Path, cfg: ExperimentConfig, space: FeatureSpace, split: str = "test",
+                     dataset: str | None = None, batch_size: int = 16384) -> BatchLoader:
+    """Batches of a split encoded with the run's own vocabularies (unseen values -> OOV)."""
+    from untwine.data.encode import encode_with_vocab
+
+    spec = select_tasks(resolve_dataset(dataset or cfg.dataset, cfg.base_dir), cfg.tasks)
+    prepared = encode_with_vocab(spec, space, Path(run_dir) / "vocab", split)
+    return BatchLoader(SplitArrays.open(prepared, split), space.schema, batch_size, shuffle=False)
+
+
+def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "test",
+                 batch_size: int = 16384) -> dict:
+    """Score a split with a finished run's best weights, encoding with the run's own vocabularies."""
+    cfg, space, model = load_run(run_dir)
+    loader = run_split_loader(run_dir, cfg, space, split, dataset, batch_size)
     return task_metrics(gather_arrays(predict(model, loader), DistInfo()), space.schema.task_names)
