@@ -84,3 +84,35 @@ def test_train_tin_on_p5_from_yaml_alone(shared_data, tmp_path):
     assert json.loads((run / "feature_space.json").read_text())["schema"]["timestamp"] == "timestamp"
     listed = runner.invoke(app, ["models"]).output
     assert "din " in listed and "tin " in listed
+
+
+def test_moments_pctr_on_p1_from_yaml_then_analyze_collapse(shared_data, tmp_path):
+    """The shipped heterogeneous-MoE config trains on P1 (a few steps) and `untwine analyze collapse`
+    writes the JSON and plots for its two tables."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "p1" / "moments_pctr.yaml"
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(config), "train.epochs=1", "train.max_steps_per_epoch=3",
+                              "train.progress=false", "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["analyze", "collapse", str(run)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "collapse" / "collapse.json").read_text())["run"]
+    assert [t["dim"] for t in report["tables"]] == [30, 10]
+    assert {"user", "item", "city"} <= set(report["tables"][0]["fields"])
+    assert report["combined"]["dim"] == 40
+    assert (run / "collapse" / "spectra_run.png").exists() and (run / "collapse" / "ia_per_feature.png").exists()
+
+
+def test_simulate_then_train_a_sim_config(tmp_path):
+    from pathlib import Path
+
+    res = runner.invoke(app, ["simulate", str(tmp_path / "sim"), "--impressions", "3000", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sim" / "dataset.yaml").exists()
+    config = Path(__file__).resolve().parents[2] / "configs" / "sim" / "me_dcnv2.yaml"
+    res = runner.invoke(app, ["train", str(config), f"dataset={tmp_path / 'sim' / 'dataset.yaml'}", "train.epochs=1",
+                              "train.batch_size=512", "train.progress=false", "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "test click: auc=" in res.output
