@@ -6,12 +6,13 @@
 Two families, each with one table at widths 10, 20, 40, 80 and with K = 2, 4, 8 tables of width 10 (the
 same total width 20, 40, 80): DNN (configs/<protocol>/me_dnn.yaml: a 400-unit ReLU layer per table, mean,
 two more layers; one table computes ``dnn``) and DCN-V2 (me_dcnv2.yaml: a cross network per table, mean,
-the MLP; one table is ``dcnv2`` stacked, bit for bit), plus the heterogeneous MoE in the Moments pCTR
+the MLP; one table is ``dcnv2`` stacked, bit for bit), the same with a 400-unit ReLU projection after
+each cross network (K = 1, 2, 4, 8), plus the heterogeneous MoE in the Moments pCTR
 shape (moments_pctr.yaml: 30-wide table -> GwPFM + FlatDNN, 10-wide table -> IPNN, gated; total 40).
 Every run reports test AUC, the information abundance of its embeddings (untwine.analysis.collapse: mean
 over vocabulary-owning features of IA per table, and of each feature's K tables side by side), parameters
 and train samples/s (train.threads=1 per run, several runs sharing the cores, so speeds compare only
-roughly). ``sim`` is the built-in simulator (300k impressions, seed 2024, click task, batch 4096).
+roughly). ``sim`` is the built-in simulator (150k impressions, seed 2024, click task, batch 4096).
 
 Writes benchmarks/results/collapse/runs/<protocol>_<variant>_s<seed>.json, the table
 benchmarks/results/collapse/scaling.md and the plots benchmarks/results/collapse/*.png.
@@ -36,11 +37,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs/bench/collapse")
 SIM_DIR = RUNS / "sim-data"
 OUT = RESULTS / "collapse"
-SIM_IMPRESSIONS = 300_000
+SIM_IMPRESSIONS = 150_000
 
 
-def tables_override(widths: list[int], expert: str) -> list[str]:
-    experts = ", ".join(f"{{type: {expert}, table: {k}{', project: false' if expert == 'cross' else ''}}}"
+def tables_override(widths: list[int], expert: str, project: bool | None = None) -> list[str]:
+    project = expert != "cross" if project is None else project
+    experts = ", ".join(f"{{type: {expert}, table: {k}{'' if project else ', project: false'}}}"
                         for k in range(len(widths)))
     return [f"model.tables=[{', '.join(map(str, widths))}]", f"model.experts=[{experts}]"]
 
@@ -53,6 +55,12 @@ for fam, cfg, expert in (("DNN", "me_dnn", "flat_dnn"), ("DCN-V2", "me_dcnv2", "
         VARIANTS[f"{key}_w{w}"] = (fam, f"{fam}, 1 x {w}", cfg, tables_override([w], expert), w)
     for k in (2, 4, 8):
         VARIANTS[f"{key}_k{k}"] = (f"ME-{fam}", f"{fam}, {k} x 10", cfg, tables_override([10] * k, expert), 10 * k)
+# ME-DCN-V2 with each cross network followed by a 400-unit ReLU projection (SPEC 3's "non-linear projection"),
+# then the mean and an MLP [400, 400]: the same depth as the DCN-V2 rows
+for k in (1, 2, 4, 8):
+    VARIANTS[f"dcnv2p_k{k}"] = ("ME-DCN-V2 + projection", f"DCN-V2 + ReLU projection, {k} x 10", "me_dcnv2",
+                                [*tables_override([10] * k, "cross", project=True), "model.expert_dim=400",
+                                 "model.hidden=[400, 400]"], 10 * k)
 VARIANTS["moments"] = ("hetero MoE", "hetero MoE (Moments pCTR: 30 -> GwPFM + FlatDNN, 10 -> IPNN)", "moments_pctr",
                        [], 40)
 
@@ -195,7 +203,6 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep finished runs, run the rest")
     ap.add_argument("--report", action="store_true", help="only rebuild the table and plots")
     a = ap.parse_args()
-    cmd = "python benchmarks/collapse.py " + " ".join(sys.argv[1:])
     keys = [k for k in VARIANTS if not a.variants or k in a.variants]
     if not a.report:
         done = {(r["protocol"], r["variant"], r["seed"]) for r in load_records()}

@@ -3,6 +3,7 @@
     python benchmarks/encoders.py sequence [--protocols p5 p6 sim] [--seeds 1 2 3] [--variants ...] [--resume]
     python benchmarks/encoders.py numeric  [--protocols p4 p3]
     python benchmarks/encoders.py vector   [--protocols p2v]
+    python benchmarks/encoders.py history_similarity [--protocols p5v]
 
 Every variant of one experiment shares the protocol's config (embedding size, MLP, batch, optimiser,
 early stopping: configs/<protocol>/<model>.yaml) and changes only the encoder. ``sim`` is the built-in
@@ -87,6 +88,13 @@ EXPERIMENTS: dict[str, tuple[list[str], dict[str, tuple[str, str, list[str]]]]] 
         "similarity": ("cosine similarity + MNSE (M = 100)", "dnn", ["model.vector_encoder=similarity"]),
         "similarity_m1000": ("cosine similarity + MNSE (M = 1000)", "dnn",
                              ["model.vector_encoder={name: similarity, max_value: 1000}"]),
+    }),
+    "history_similarity": (["p5v"], {
+        "none": ("mean pooling, no vectors (P5's DNN)", "dnn", ["model.sequence_encoder=pool"]),
+        "mnse": ("+ target-vs-history cosine, MNSE (M = 100), mean over the history", "dnn",
+                 ["model.sequence_encoder={name: pool, similarity: mnse}"]),
+        "simtier": ("+ target-vs-history cosine, SimTier histogram (10 bins)", "dnn",
+                    ["model.sequence_encoder={name: pool, similarity: simtier}"]),
     }),
 }
 

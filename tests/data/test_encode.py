@@ -169,3 +169,60 @@ def test_sample_timestamp_is_encoded_and_checked(tmp_path):
     bad = DatasetSpec(name="ts-bad", train=["bad.parquet"], schema=schema, root=str(tmp_path))
     with pytest.raises(Exception, match=r"row 2.*timestamp column 'ts' is empty"):
         prepare(bad, cache_dir=tmp_path / "c2")
+
+
+def with_vector_table(tmp_path, rows, dim=3):
+    pq.write_table(pa.table({"item": [k for k, _ in rows], "vector": pa.array([v for _, v in rows],
+                                                                             pa.list_(pa.float32()))}),
+                   tmp_path / "item_vectors.parquet")
+    schema = {**SCHEMA, "vector_tables": [{"name": "text", "key": "item", "file": "item_vectors.parquet", "dim": dim}]}
+    write(tmp_path, "train.parquet", TRAIN)
+    write(tmp_path, "test.parquet", TEST)
+    return DatasetSpec(name="toy-vt", train=["train.parquet"], test=["test.parquet"], schema=schema, root=str(tmp_path))
+
+
+def test_vector_table_is_aligned_with_the_key_vocabulary(tmp_path):
+    logs = []
+    spec = with_vector_table(tmp_path, [("i1", [1, 0, 0]), ("i7", [0, 0, 9]), ("i2", [0, 2, 0])])
+    p = prepare(spec, cache_dir=tmp_path / "c", log=logs.append)
+    table = p.vector_table("text")
+    vocab = p.vocab("item")
+    assert table.shape == (vocab.size, 3) and table.dtype == np.float32
+    i1, i2 = vocab.encode(pa.array(["i1", "i2"]))
+    assert table[i1].tolist() == [1, 0, 0] and table[i2].tolist() == [0, 2, 0]
+    assert not table[:2].any()  # PAD and OOV rows are zero
+    assert any("1 of 3 keys are not in the 'item' vocabulary" in m for m in logs)  # i7: test only, dropped
+    # a changed side file re-encodes
+    time.sleep(0.01)
+    spec2 = with_vector_table(tmp_path, [("i1", [5, 5, 5])])
+    assert prepare(spec2, cache_dir=tmp_path / "c").root != p.root
+
+
+def test_vector_table_of_wrong_width_names_file_and_row(tmp_path):
+    spec = with_vector_table(tmp_path, [("i1", [1, 0, 0]), ("i2", [1, 2])])
+    with pytest.raises(Exception, match=r"item_vectors.parquet: row 2, column 'vector': expected a vector of 3"):
+        prepare(spec, cache_dir=tmp_path / "c")
+
+
+def test_training_fills_the_table_and_evaluation_reads_it_from_the_weights(tmp_path):
+    import torch
+    import yaml
+
+    from untwine.train.config import ExperimentConfig
+    from untwine.train.run import evaluate_run, load_run, run_experiment
+
+    spec = with_vector_table(tmp_path, [("i1", [1, 0, 0]), ("i2", [0, 2, 0])])
+    spec = spec.model_copy(update={"valid": ["train.parquet"]})
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude={"root"})))
+    cfg = ExperimentConfig.from_dict({"dataset": str(tmp_path / "dataset.yaml"),
+                                      "model": {"name": "dnn", "hidden": [4], "sequence_encoder": {
+                                          "name": "pool", "similarity": "simtier"}},
+                                      "train": {"epochs": 1, "batch_size": 2, "progress": False}})
+    r = run_experiment(cfg, run_dir=tmp_path / "run", log=lambda *_: None)
+    _, _, model = load_run(tmp_path / "run")
+    buf = model.embedding.sequences[0].vector_table_text
+    trained = r.model_object.embedding.sequences[0]
+    assert torch.equal(buf, trained.vector_table_text)
+    assert sorted(buf.abs().sum(dim=1).tolist())[-2:] == [1.0, 1.0]  # i1 and i2, normalised; the rest zero
+    assert buf.abs().sum() == 2.0
+    assert "click" in evaluate_run(tmp_path / "run", split="test")

@@ -172,12 +172,31 @@ def _vec(table, name: str) -> np.ndarray:
     return col.flatten().to_numpy().reshape(len(col), -1)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def item2vec_of_train_file(train: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """item2vec retrained from a train file's rows (one sequence per user, ascending, file order) and its items."""
+    user = np.asarray(train.column("user_id").to_pylist(), dtype=np.int64)
+    item = np.asarray(train.column("item_id").to_pylist(), dtype=np.int64)
+    by_user = np.argsort(user, kind="stable")
+    seqs = np.split(item[by_user], np.flatnonzero(np.diff(user[by_user])) + 1)
+    return pretrained.train_item2vec(seqs, 1682, **p2v_ml100k_vectors.I2V_PARAMS), item
+
+
+def item2vec_side(dataset_yaml: Path) -> tuple[pa.Table, np.ndarray]:
+    side = pq.read_table(dataset_yaml.parent / "item2vec_vectors.parquet")
+    return side, np.asarray(side.column("item_id").to_pylist(), dtype=np.int64)
+
+
+def build_recipes(tmp_path_factory, *keys: str) -> dict[str, Path]:
+    """dataset.yaml of each recipe, built once per test module (skips without the data or the text extra)."""
     _need_data()
     _need_text()
-    out = tmp_path_factory.mktemp("p2v")
-    return {"p2v": prepare("p2v", out / "p2v"), "p2": prepare("p2", out / "p2")}
+    out = tmp_path_factory.mktemp(keys[0])
+    return {k: prepare(k, out / k) for k in keys}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_recipes(tmp_path_factory, "p2v", "p2")
 
 
 @pytest.fixture(scope="module")
@@ -276,13 +295,8 @@ def test_item2vec_trained_on_train_rows_only(built, tables):
         vec = _vec(t[s], "item_i2v_vec")
         assert not vec[unseen].any() and vec[~unseen].any(axis=1).mean() > 0.99
     # retraining from the train file alone (users ascending, rows in file order) reproduces the vectors
-    user = np.asarray(t["train"].column("user_id").to_pylist(), dtype=np.int64)
-    item = np.asarray(t["train"].column("item_id").to_pylist(), dtype=np.int64)
-    by_user = np.argsort(user, kind="stable")
-    seqs = np.split(item[by_user], np.flatnonzero(np.diff(user[by_user])) + 1)
-    vec = pretrained.train_item2vec(seqs, 1682, **p2v_ml100k_vectors.I2V_PARAMS)
-    side = pq.read_table(built["p2v"].parent / "item2vec_vectors.parquet")
-    ids = np.asarray(side.column("item_id").to_pylist(), dtype=np.int64)
+    vec, item = item2vec_of_train_file(t["train"])
+    side, ids = item2vec_side(built["p2v"])
     np.testing.assert_array_equal(_vec(side, "vector"), vec[ids])
     counts = np.bincount(item, minlength=1683)
     assert side.column("train_count").to_pylist() == counts[ids].tolist()

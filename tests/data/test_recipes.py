@@ -44,8 +44,8 @@ def root() -> Path:
 @pytest.fixture(scope="module")
 def built(root, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("recipes")
-    # p2v (P2 plus pre-trained vectors) needs the text model and has its own tests (test_pretrained.py)
-    return {k: prepare(k, out / k, **(T1_SMALL if k == "t1" else {})) for k in RECIPES if k != "p2v"}
+    # p2v and p5v (pre-trained vectors) need the text model and have their own tests (test_pretrained.py)
+    return {k: prepare(k, out / k, **(T1_SMALL if k == "t1" else {})) for k in RECIPES if k not in ("p2v", "p5v")}
 
 
 def _split(yaml_path: Path, split: str):
@@ -60,8 +60,9 @@ def _col(table, name) -> list:
 
 # ------------------------------------------------------------------ registry and API
 def test_registry_and_names():
-    assert set(RECIPES) == {"p1", "p2", "p2v", "p3", "p4", "p5", "p6", "p7", "t1"}
-    assert [RECIPES[k].protocol for k in sorted(RECIPES)] == ["P1", "P2", "P2V", "P3", "P4", "P5", "P6", "P7", "T1"]
+    assert set(RECIPES) == {"p1", "p2", "p2v", "p3", "p4", "p5", "p5v", "p6", "p7", "t1"}
+    assert [RECIPES[k].protocol for k in sorted(RECIPES)] == ["P1", "P2", "P2V", "P3", "P4", "P5", "P5V", "P6", "P7",
+                                                              "T1"]
     assert get_recipe("p2") is RECIPES["p2"] and get_recipe("P2V") is RECIPES["p2v"]
     for alias in ("p1", "P1", "p1_frappe", "p1-frappe"):
         assert get_recipe(alias) is RECIPES["p1"]

@@ -127,3 +127,14 @@ def test_fresh_run_in_an_old_run_dir_starts_a_fresh_log(learnable, tmp_path):
     run(learnable, tmp_path / "run", epochs=1, resume=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r_["epoch"] for r_ in lines if r_["split"] == "train"] == [0]
+
+
+def test_task_metrics_report_a_masked_task_without_rows_instead_of_failing():
+    from untwine.train.trainer import task_metrics
+
+    pred = {"probs": np.array([[0.2, 0.5], [0.7, 0.5], [0.4, 0.5]]), "labels": np.array([[0, 0], [1, 0], [0, 0]]),
+            "masks": np.array([[1, 0], [1, 0], [1, 0]])}  # no clicked row: the conversion task has nothing to score
+    out = task_metrics(pred, ["click", "buy"])
+    assert out["buy"] == {"rows": 0}
+    assert out["click"]["rows"] == 3 and out["click"]["auc"] == 1.0
+    assert out["mean"]["auc"] == 1.0  # the mean over the tasks that have rows

@@ -93,10 +93,22 @@ class SequenceEncoding(_Encoding):
       TIN authors' code feeds its MLP); with both off the module is exactly SPEC 2.1's formula.
 
     ``target``: the categorical feature the attention compares against (default: ``vocab_from``).
+
+    ``similarity`` adds, with any of the three, the similarity between the target and each history
+    item through pre-trained item vectors (the schema's ``vector_tables`` keyed by the sequence's
+    vocabulary; ``similarity_tables`` picks them, default all): s_i = cos(vec(target), vec(item_i)) over
+    the non-padded items, then ``mnse`` (s_i mapped from [-1, 1] to [0, ``similarity_max_value``],
+    MNSE-encoded and mean-pooled over the history; an empty history or a missing vector is the missing
+    code) or ``simtier`` (the histogram of s_i over ``similarity_bins`` equal bins of [-1, 1], as
+    fractions of the history, through a linear layer). One field per table.
     """
 
     name: Literal["pool", "din", "tim"]
     target: str | None = None
+    similarity: Literal["none", "mnse", "simtier"] = "none"
+    similarity_tables: tuple[str, ...] | None = None
+    similarity_bins: int = Field(10, ge=2)
+    similarity_max_value: int = Field(100, ge=1)
     attention_hidden: tuple[int, ...] = (80, 40)
     temporal_encoding: bool = True
     target_aware_representation: bool = True
@@ -123,6 +135,21 @@ class VectorEncoding(_Encoding):
     max_value: int = Field(100, ge=1)
     bases: tuple[int, ...] = (2, 3, 10)
     combine: Literal["sum", "concat"] = "sum"
+
+
+class VectorTable(_Frozen):
+    """Pre-trained vectors keyed by the values of a categorical feature (e.g. one text embedding per item),
+    read from a parquet side file with a key column and a list<float> vector column. Encoding aligns it
+    with the key's vocabulary (a row per id; PAD, OOV and values without a vector are zero rows, which
+    similarity encoders treat as missing). Sequences sharing the key's vocabulary can use it
+    (``SequenceEncoding.similarity``)."""
+
+    name: str
+    key: str  # the categorical feature whose vocabulary indexes the table
+    file: str  # parquet file, relative to the dataset.yaml's folder
+    dim: int = Field(ge=1)
+    key_column: str | None = None  # default: the key feature's source column name
+    vector_column: str = "vector"
 
 
 class Feature(_Frozen):
@@ -206,6 +233,7 @@ class Schema(_Frozen):
     weight: str | None = None  # optional per-sample weight column
     group_key: str | None = None  # user or request id for GAUC / per-group losses
     timestamp: str | None = None  # the sample's event time (int seconds): the target time of sequences
+    vector_tables: list[VectorTable] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_names(self) -> "Schema":
@@ -232,7 +260,25 @@ class Schema(_Frozen):
             enc = f.encoding
             if isinstance(enc, SequenceEncoding) and enc.target is not None and enc.target not in by_name:
                 raise ValueError(f"feature {f.name!r}: encoding target {enc.target!r} is not a feature")
+        tables = [t.name for t in self.vector_tables]
+        if len(set(tables)) != len(tables):
+            raise ValueError(f"duplicate vector table names: {tables}")
+        for t in self.vector_tables:
+            key = by_name.get(t.key)
+            if key is None or key.kind is not FeatureKind.CATEGORICAL or key.vocab_from is not None:
+                raise ValueError(f"vector table {t.name!r}: key={t.key!r} must name a categorical feature that owns "
+                                 f"its vocabulary")
         return self
+
+    def tables_for(self, owner: str, names: tuple[str, ...] | None = None) -> list[VectorTable]:
+        """The vector tables keyed by vocabulary ``owner`` (those in ``names`` when given, in that order)."""
+        mine = {t.name: t for t in self.vector_tables if t.key == owner}
+        if names is None:
+            return list(mine.values())
+        unknown = [n for n in names if n not in mine]
+        if unknown:
+            raise ValueError(f"vector tables {unknown} are not keyed by {owner!r}; tables keyed by it: {sorted(mine)}")
+        return [mine[n] for n in names]
 
     # ---- views by kind, in declaration order (the order of columns in encoded blocks) ----
     def of_kind(self, kind: FeatureKind) -> list[Feature]:

@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from untwine.core.dataset_spec import SPLITS, DatasetSpec
 from untwine.core.features import FeatureSpace, NumericStats
 from untwine.core.io import atomic_write_json
 from untwine.core.paths import cache_root
-from untwine.core.schema import Feature, FeatureKind, Schema
+from untwine.core.schema import Feature, FeatureKind, Schema, VectorTable
 from untwine.data.readers import BadInputError, BadRowReport, ColumnTypes, OnBadRows, file_columns, iter_chunks
-from untwine.data.vocab import MISSING, CountAccumulator, Vocab, fnv1a64
+from untwine.data.vocab import MISSING, NUM_RESERVED, CountAccumulator, Vocab, fnv1a64
 
 ENCODING_VERSION = 2  # 2: numeric quantiles and integer flag, sample timestamps
 
@@ -88,10 +89,47 @@ def fingerprint(spec: DatasetSpec, on_bad_rows: str) -> str:
         for p in spec.files(split):
             st = p.stat()
             files.append([split, str(p.resolve()), st.st_size, st.st_mtime_ns])
+    for table in spec.schema.vector_tables:  # a side file's change re-encodes like a data file's
+        path = table_path(spec, table)
+        st = path.stat() if path.exists() else None
+        files.append(["table", str(path.resolve()), st and st.st_size, st and st.st_mtime_ns])
     blob = json.dumps({"v": ENCODING_VERSION, "schema": spec.schema.to_dict(), "format": spec.format,
                        "header": spec.header, "columns": spec.column_names, "files": files,
                        "bad_rows": on_bad_rows}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def table_path(spec: DatasetSpec, table: VectorTable) -> Path:
+    p = Path(table.file)
+    return p if p.is_absolute() else (Path(spec.root) if spec.root else Path.cwd()) / p
+
+
+def build_vector_table(spec: DatasetSpec, table: VectorTable, vocab: Vocab, log=print) -> np.ndarray:
+    """(vocab size, dim) float32 rows aligned with the key's ids: PAD, OOV and ids without a vector stay zero.
+    Keys outside the vocabulary (values never seen in training) are dropped and counted."""
+    path = table_path(spec, table)
+    if not path.exists():
+        raise FileNotFoundError(f"vector table {table.name!r}: {path} does not exist")
+    key_col = table.key_column or spec.schema.feature(table.key).source
+    t = pq.read_table(path)
+    for col in (key_col, table.vector_column):
+        if col not in t.column_names:
+            raise BadInputError(f"{path}: vector table {table.name!r} expects a column {col!r}; it has {t.column_names}")
+    vectors = t.column(table.vector_column).combine_chunks()
+    lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != table.dim)
+    if len(bad):
+        raise BadInputError(f"{path}: row {bad[0] + 1}, column {table.vector_column!r}: expected a vector of "
+                            f"{table.dim} floats, found {lengths[bad[0]]}")
+    flat = np.asarray(pc.list_flatten(vectors).to_numpy(zero_copy_only=False), dtype=np.float32)
+    ids = vocab.encode(t.column(key_col))
+    out = np.zeros((vocab.size, table.dim), dtype=np.float32)
+    known = ids >= NUM_RESERVED
+    out[ids[known]] = flat.reshape(-1, table.dim)[known]
+    if (~known).any():
+        log(f"{spec.name}: vector table {table.name!r}: {int((~known).sum())} of {len(ids)} keys are not in the "
+            f"{table.key!r} vocabulary (never seen in training) and are dropped")
+    return out
 
 
 # ------------------------------------------------------------------ fitting
@@ -359,6 +397,10 @@ class PreparedData:
     def vocab(self, feature: str) -> Vocab:
         return Vocab.load(self.root / "vocab" / feature)
 
+    def vector_table(self, name: str) -> np.ndarray:
+        """The schema's vector table ``name`` aligned with its key's ids (see :func:`build_vector_table`)."""
+        return np.load(self.root / "tables" / f"{name}.npy", allow_pickle=False)
+
 
 def prepare(spec: DatasetSpec, cache_dir: Path | None = None, on_bad_rows: OnBadRows = "error",
             splits=SPLITS, progress: bool = False, log=print) -> PreparedData:
@@ -384,6 +426,11 @@ def prepare(spec: DatasetSpec, cache_dir: Path | None = None, on_bad_rows: OnBad
         bar.close()
     for name, v in vocabs.items():
         v.save(tmp / "vocab" / name)
+    if schema.vector_tables:
+        (tmp / "tables").mkdir()
+    for table in schema.vector_tables:
+        np.save(tmp / "tables" / f"{table.name}.npy", build_vector_table(spec, table, vocabs[table.key], log),
+                allow_pickle=False)
     space = FeatureSpace(schema=schema, vocab_sizes={f.name: vocabs[schema.vocab_owner(f)].size
                                                      for f in schema.features if f.name in vocabs or f.vocab_from},
                          numeric_stats=stats)

@@ -23,7 +23,8 @@ from untwine.core.batch import Batch
 from untwine.core.features import FeatureSpace
 from untwine.core.schema import Feature, NumericEncoding, SequenceEncoding, VectorEncoding
 from untwine.nn.numeric import MNSE, NumericFieldEncoder
-from untwine.nn.sequence import DINAttention, TemporalInterest, gap_buckets, log_gap_boundaries, masked_pool, recency_positions
+from untwine.nn.sequence import (DINAttention, HistorySimilarity, TemporalInterest, cosine_to_target, gap_buckets,
+                                 log_gap_boundaries, masked_pool, recency_positions)
 
 NumericMode = Literal["embed", "raw"]
 POOL = SequenceEncoding(name="pool")
@@ -40,7 +41,7 @@ class SequenceField(nn.Module):
     """One behaviour sequence -> (B, n_fields, D) with its encoder; built by FieldEmbedding."""
 
     def __init__(self, f: Feature, enc: SequenceEncoding, space: FeatureSpace, dim: int,
-                 cat_index: dict[str, int]) -> None:
+                 cat_index: dict[str, int], init_std: float = 1e-4) -> None:
         super().__init__()
         schema = space.schema
         self.name, self.pooling = f.name, f.pooling
@@ -51,7 +52,12 @@ class SequenceField(nn.Module):
         self.n_fields = parts
         self.dim = dim
         self.encoder: nn.Module | None = None
+        self.similarity: HistorySimilarity | None = None
+        self.similarity_tables: list[str] = []
+        if enc.similarity != "none":
+            self._init_similarity(f, enc, space, dim, cat_index, init_std)
         if enc.name == "pool":
+            self.n_fields = parts + len(self.similarity_tables)
             return
         target = enc.target or f.vocab_from
         refs = [target] + [ref for _, _, ref in self.sides]
@@ -63,6 +69,7 @@ class SequenceField(nn.Module):
         self.register_buffer("target_columns", torch.tensor([cat_index[r] for r in refs]), persistent=False)
         if enc.name == "din":
             self.encoder = DINAttention(parts * dim, enc.attention_hidden)
+            self.n_fields = parts + len(self.similarity_tables)
             return
         self.timestamps = f"{f.name}.ts" if f.timestamps else None
         if self.timestamps and enc.temporal_encoding and not schema.timestamp:
@@ -75,7 +82,55 @@ class SequenceField(nn.Module):
                                         target_aware=enc.target_aware_representation, combine=enc.time_combine,
                                         time_dim=dim, normalise=enc.attention_norm,
                                         keep_history=enc.keep_history)
-        self.n_fields = self.encoder.repr_dim // dim
+        self.n_fields = self.encoder.repr_dim // dim + len(self.similarity_tables)
+
+    def _init_similarity(self, f: Feature, enc: SequenceEncoding, space: FeatureSpace, dim: int,
+                         cat_index: dict[str, int], init_std: float) -> None:
+        tables = space.schema.tables_for(self.owner, enc.similarity_tables)
+        if not tables:
+            raise ValueError(f"sequence {f.name!r}: similarity {enc.similarity!r} needs a vector table keyed by "
+                             f"{self.owner!r} (schema.vector_tables)")
+        target = enc.target or f.vocab_from
+        if target not in cat_index:
+            raise ValueError(f"sequence {f.name!r}: similarity compares each item with the target {target!r}, "
+                             f"which is not a categorical feature (set encoding.target or vocab_from)")
+        self.similarity_target = cat_index[target]
+        self.similarity_tables = [t.name for t in tables]
+        rows = space.vocab_size(self.owner)
+        for t in tables:  # filled from the encoded data (set_vector_table); saved with the weights
+            self.register_buffer(f"vector_table_{t.name}", torch.zeros(rows, t.dim))
+        self.similarity = HistorySimilarity(len(tables), dim, enc.similarity, enc.similarity_bins,
+                                            enc.similarity_max_value, init_std)
+
+    def set_vector_table(self, name: str, rows: Tensor) -> None:
+        """Copy the vector table ``name`` (aligned with the owner's ids) into this field's buffer, each row
+        L2-normalised (only cosines are read; zero rows, values without a vector, stay zero)."""
+        buf = getattr(self, f"vector_table_{name}")
+        if tuple(rows.shape) != tuple(buf.shape):
+            raise ValueError(f"vector table {name!r} has shape {tuple(rows.shape)}, sequence {self.name!r} expects "
+                             f"{tuple(buf.shape)} (vocabulary of {self.owner!r} x dim)")
+        buf.copy_(rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # up to this many (batch x vocabulary) cosines, s_i is read from target @ table^T (one matmul)
+    # instead of gathering every history item's vector (L x dim floats per sample)
+    GRAM_LIMIT = 1 << 25
+
+    def similarity_fields(self, batch: Batch) -> Tensor:
+        """(B, P, D): the target-vs-history similarity fields, one per vector table."""
+        ids, target = batch.seq[self.name], batch.categorical[:, self.similarity_target]
+        mask = ids > 0
+        sims, valid = [], []
+        for name in self.similarity_tables:
+            table = getattr(self, f"vector_table_{name}")
+            if len(ids) * len(table) <= self.GRAM_LIMIT:
+                has = table.abs().sum(dim=1) > 0
+                s = torch.gather(table[target] @ table.T, 1, ids).clamp(-1.0, 1.0)
+                v = mask & has[ids] & has[target].unsqueeze(1)
+            else:
+                s, v = cosine_to_target(table[target], table[ids], mask)
+            sims.append(s)
+            valid.append(v)
+        return self.similarity(torch.stack(sims, -1), torch.stack(valid, -1), mask)
 
     def _parts(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch) -> list[tuple[Tensor, Tensor]]:
         """(embedded (B, L, D), ids (B, L)) of the items, then of each side field."""
@@ -112,9 +167,13 @@ class SequenceField(nn.Module):
     def forward(self, table: nn.Embedding, offsets: dict[str, int], batch: Batch, cat_emb: Tensor | None) -> Tensor:
         parts = self._parts(table, offsets, batch)
         if self.encoder is None:  # pooling keeps each part's own padding mask
-            return torch.stack([masked_mean(emb, ids, self.pooling) for emb, ids in parts], dim=1)
-        u = self._attend(parts, batch, cat_emb)
-        return u.view(u.shape[0], self.n_fields, self.dim)
+            out = torch.stack([masked_mean(emb, ids, self.pooling) for emb, ids in parts], dim=1)
+        else:
+            u = self._attend(parts, batch, cat_emb)
+            out = u.view(u.shape[0], self.n_fields - len(self.similarity_tables), self.dim)
+        if self.similarity is None:
+            return out
+        return torch.cat([out, self.similarity_fields(batch)], dim=1)
 
 
 class FieldEmbedding(nn.Module):
@@ -162,7 +221,7 @@ class FieldEmbedding(nn.Module):
             return default if linear or f.encoding is None else f.encoding
 
         cat_index = {f.name: j for j, f in enumerate(schema.categorical)}
-        self.sequences = nn.ModuleList(SequenceField(f, chosen(f, sequence_encoding), space, dim, cat_index)
+        self.sequences = nn.ModuleList(SequenceField(f, chosen(f, sequence_encoding), space, dim, cat_index, init_std)
                                        for f in schema.sequences)
         self.num_numeric = len(schema.numeric)
         self.numeric = None
@@ -191,7 +250,9 @@ class FieldEmbedding(nn.Module):
         names = [f.name for f in schema.categorical] + [n for n, _ in self.multi]
         for seq in self.sequences:
             parts = [seq.name] + [key for key, _, _ in seq.sides]
-            names += parts if seq.n_fields == len(parts) else [f"{seq.name}#{k}" for k in range(seq.n_fields)]
+            n = seq.n_fields - len(seq.similarity_tables)
+            names += parts if n == len(parts) else [f"{seq.name}#{k}" for k in range(n)]
+            names += [f"{seq.name}~{t}" for t in seq.similarity_tables]
         names += list(self.vector_proj) + [f"{a}~{b}" for a, b in self.pairs]
         if self.numeric is not None:
             names += [f.name for f in schema.numeric]

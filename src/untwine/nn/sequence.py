@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from untwine.nn.mlp import MLP
+from untwine.nn.numeric import MNSE
 
 
 def masked_pool(behaviour: Tensor, mask: Tensor, pooling: str = "mean") -> Tensor:
@@ -140,3 +141,62 @@ class TemporalInterest(nn.Module):
         if self.keep_history:
             u = torch.cat([u, h], dim=-1)
         return (u, alpha) if return_attention else u
+
+
+def cosine_to_target(target: Tensor, items: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """cos(target (B, d), items (B, L, d)) -> (B, L), and where it is defined (B, L): a real behaviour
+    (``mask``) whose vector and the target's are both non-zero (a zero row is a value without a vector)."""
+    tn, xn = target.norm(dim=-1), items.norm(dim=-1)
+    cos = (items * target.unsqueeze(1)).sum(-1) / (xn * tn.unsqueeze(1)).clamp_min(1e-12)
+    return cos.clamp(-1.0, 1.0), mask & (xn > 0) & (tn > 0).unsqueeze(1)
+
+
+class HistorySimilarity(nn.Module):
+    """Fields from the similarities s_i between the target and each history item, one per vector table
+    (SPEC 2.3): (sims (B, L, P), valid (B, L, P), mask (B, L)) -> (B, P, D).
+
+    - ``mnse``: s_i -> round((s_i + 1) / 2 * M) in [0, M], MNSE-encoded (a missing vector's s_i gets the
+      missing code), mean over the real behaviours; an empty history gives the missing code's vector;
+    - ``simtier``: the histogram of the defined s_i over ``bins`` equal bins of [-1, 1], as fractions
+      of the real behaviours, through a linear layer per table (SimTier).
+    """
+
+    def __init__(self, num_tables: int, dim: int, kind: str, bins: int = 10, max_value: int = 100,
+                 init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.kind, self.bins, self.num_tables = kind, bins, num_tables
+        if kind == "mnse":
+            self.mnse = MNSE(num_tables, max_value, dim, init_std=init_std)
+        elif kind == "simtier":
+            self.weight = nn.Parameter(torch.empty(num_tables, bins, dim))
+            nn.init.uniform_(self.weight, -1 / math.sqrt(bins), 1 / math.sqrt(bins))
+            self.bias = nn.Parameter(torch.zeros(num_tables, dim))
+        else:
+            raise ValueError(f"unknown history similarity {kind!r}; expected mnse or simtier")
+
+    def codes(self, sims: Tensor) -> Tensor:
+        return torch.round((sims + 1) / 2 * self.mnse.max_value).long()
+
+    def histogram(self, sims: Tensor, valid: Tensor, mask: Tensor) -> Tensor:
+        """(B, P, bins): fraction of the real behaviours whose similarity falls in each bin."""
+        idx = ((sims + 1) / 2 * self.bins).floor().long().clamp(0, self.bins - 1)  # s = 1 goes to the top bin
+        onehot = nn.functional.one_hot(idx, self.bins).to(sims.dtype) * valid.unsqueeze(-1)
+        count = mask.sum(dim=1).clamp_min(1).to(sims.dtype).view(-1, 1, 1)
+        return onehot.sum(dim=1) / count
+
+    def forward(self, sims: Tensor, valid: Tensor, mask: Tensor) -> Tensor:
+        b, l, p = sims.shape
+        if self.kind == "simtier":
+            return torch.einsum("bpk,pkd->bpd", self.histogram(sims, valid, mask), self.weight) + self.bias
+        # the mean of MNSE(code_i) over the history is (code histogram) @ (encoding of every code): one
+        # (M + 2)-row table per field (codes 0..M, then missing) instead of a lookup per behaviour
+        m = self.mnse.max_value
+        codes = torch.where(valid, self.codes(sims).clamp(0, m), m + 1)  # (B, L, P)
+        counts = sims.new_zeros(b, p, m + 2).scatter_add_(2, codes.transpose(1, 2), mask.unsqueeze(1).expand(b, p, l)
+                                                             .to(sims.dtype))
+        n = mask.sum(dim=1).to(sims.dtype).view(-1, 1, 1)
+        missing = self.mnse(sims.new_zeros(1, p, dtype=torch.long), torch.ones(1, p, dtype=torch.bool,
+                                                                                 device=sims.device))[0]  # (P, D)
+        values = torch.stack([torch.cat([self.mnse.value_table(k), missing[k:k + 1]]) for k in range(p)])
+        pooled = torch.einsum("bpc,pcd->bpd", counts / n.clamp_min(1), values)
+        return torch.where((n == 0).view(-1, 1, 1), missing.unsqueeze(0), pooled)

@@ -31,6 +31,7 @@ from untwine.core.paths import cache_root
 from untwine.data.encode import PreparedData, prepare
 from untwine.data.loader import BatchLoader, SplitArrays
 from untwine.models.base import build_model
+from untwine.nn.embedding import SequenceField
 from untwine.train.config import ExperimentConfig, TrainConfig
 from untwine.train.trainer import DistInfo, Trainer, task_metrics, gather_arrays, predict
 
@@ -117,6 +118,14 @@ class RunResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_object"}
 
 
+def load_vector_tables(model: torch.nn.Module, prepared: PreparedData) -> None:
+    """Fill the pre-trained vector tables the model's sequence encoders read (schema.vector_tables)."""
+    for m in model.modules():
+        if isinstance(m, SequenceField):
+            for name in m.similarity_tables:
+                m.set_vector_table(name, torch.from_numpy(prepared.vector_table(name)))
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = True,
                    log: Callable[[str], None] = print) -> RunResult:
     info = DistInfo.from_env()
@@ -133,6 +142,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
         f"in {prepare_seconds:.1f}s at {prepared.root})")
     seed_everything(tc.seed, tc.deterministic)
     model = build_model(cfg.model.name, prepared.space, cfg.model.options())
+    load_vector_tables(model, prepared)
     n_params = sum(p.numel() for p in model.parameters())
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -122,11 +122,14 @@ def task_metrics(pred: dict[str, np.ndarray], tasks: list[str]) -> dict[str, dic
     for t, name in enumerate(tasks):
         keep = pred["masks"][:, t] > 0 if "masks" in pred else slice(None)
         groups = pred["groups"][keep] if "groups" in pred else None
-        out[name] = binary_report(pred["probs"][keep, t], pred["labels"][keep, t], groups)
-        out[name]["rows"] = int(pred["labels"][keep, t].shape[0])
-    if len(tasks) > 1:
-        keys = set.intersection(*(set(m) for m in out.values()))
-        out["mean"] = {k: float(np.mean([out[t][k] for t in tasks])) for k in sorted(keys)}
+        rows = int(pred["labels"][keep, t].shape[0])
+        # a masked task can have no rows in a split (e.g. no click, so no conversion to score): say so
+        out[name] = {**binary_report(pred["probs"][keep, t], pred["labels"][keep, t], groups), "rows": rows} \
+            if rows else {"rows": 0}
+    scored = [t for t in tasks if out[t]["rows"]]
+    if len(tasks) > 1 and scored:
+        keys = set.intersection(*(set(out[t]) for t in scored))
+        out["mean"] = {k: float(np.mean([out[t][k] for t in scored])) for k in sorted(keys)}
     return out
 
 

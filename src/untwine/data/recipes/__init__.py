@@ -42,6 +42,7 @@ from untwine.data.recipes import (
     p3_criteo,
     p4_census,
     p5_seq_ml100k,
+    p5v_seq_ml100k_vectors,
     p6_seq_beauty,
     p7_recall_ml1m,
     t1_synthetic,
@@ -51,7 +52,7 @@ from untwine.data.recipes._common import SEED, YAML_NAME, Built, Context, Recipe
 RECIPES: dict[str, Recipe] = {
     m.RECIPE.key: m.RECIPE
     for m in (p1_frappe, p2_ml100k, p3_criteo, p4_census, p5_seq_ml100k, p6_seq_beauty, p7_recall_ml1m,
-              t1_synthetic, p2v_ml100k_vectors)
+              t1_synthetic, p2v_ml100k_vectors, p5v_seq_ml100k_vectors)
 }
 
 __all__ = ["RECIPES", "Recipe", "Built", "Context", "SEED", "YAML_NAME", "get_recipe", "prepare", "sha256_file"]
