@@ -16,6 +16,10 @@ benchmarks/results/encoders/mnse_vectors_<protocol>.{png,json}.
 
 similarity: per vector pair of a dataset (default p2v), the cosine's distribution by label on the test
 split and its AUC as a lone score. Writes benchmarks/results/encoders/similarity_<dataset>.{png,json}.
+
+history_similarity: per vector table of a dataset with sequences (default p5v), the mean and the max of the
+target-vs-history cosines of each sample as lone scores (AUC, and GAUC within users) and the label rate by
+decile of the mean. Writes benchmarks/results/encoders/history_similarity_<dataset>.{png,json}.
 """
 from __future__ import annotations
 
@@ -37,19 +41,9 @@ from untwine.data.loader import BatchLoader, SplitArrays  # noqa: E402
 from untwine.models.base import build_model  # noqa: E402
 from untwine.nn.numeric import MNSE  # noqa: E402
 from untwine.train.config import ExperimentConfig  # noqa: E402
-from untwine.train.run import resolve_dataset, select_tasks  # noqa: E402
+from untwine.train.run import load_run, resolve_dataset, select_tasks  # noqa: E402
 
 OUT = RESULTS / "encoders"
-
-
-def load_run(run_dir: Path):
-    from safetensors.torch import load_file
-
-    cfg = ExperimentConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    space = FeatureSpace.from_dict(json.loads((run_dir / "feature_space.json").read_text()))
-    model = build_model(cfg.model.name, space, cfg.model.options())
-    model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-    return cfg, space, model.eval()
 
 
 def attention(run_dir: Path) -> None:
@@ -229,15 +223,72 @@ def similarity(dataset: str) -> None:
     print(json.dumps(report, indent=1))
 
 
+def history_similarity(dataset: str) -> None:
+    """How much the target-vs-history cosines alone say about the label (test split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from untwine.data.encode import prepare
+    from untwine.metrics.classification import auc, gauc
+
+    spec = resolve_dataset(dataset)
+    prepared = prepare(spec)
+    seq = spec.schema.sequences[0]
+    owner = spec.schema.vocab_owner(seq)
+    target_col = [f.name for f in spec.schema.categorical].index(seq.vocab_from)
+    arr = SplitArrays.open(prepared, "test").arrays
+    ids, target = np.asarray(arr[f"seq.{seq.name}"]), np.asarray(arr["categorical"])[:, target_col]
+    y, users = np.asarray(arr["labels"])[:, 0], np.asarray(arr["groups"])
+    tables = spec.schema.tables_for(owner)
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.8), squeeze=False)
+    report = {}
+    for ax, t in zip(axes[0], tables):
+        table = prepared.vector_table(t.name)
+        table = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+        has = np.abs(table).sum(1) > 0
+        valid = (ids > 0) & has[ids] & has[target][:, None]
+        cos = np.einsum("bd,bld->bl", table[target], table[ids])
+        n = valid.sum(1)
+        ok = n > 0
+        mean = np.where(ok, (cos * valid).sum(1) / np.maximum(n, 1), 0.0)
+        top = np.where(valid, cos, -2).max(1)
+        r = {"samples_with_a_defined_cosine": float(ok.mean()),
+             "auc_of_mean_alone": float(auc(mean[ok], y[ok])), "auc_of_max_alone": float(auc(top[ok], y[ok])),
+             "gauc_of_mean_alone": float(gauc(mean[ok], y[ok], users[ok]).value),
+             "gauc_of_max_alone": float(gauc(top[ok], y[ok], users[ok]).value)}
+        edges = np.quantile(mean[ok], np.linspace(0, 1, 11))
+        dec = np.clip(np.searchsorted(edges, mean[ok], side="right") - 1, 0, 9)
+        rate = [float(y[ok][dec == k].mean()) for k in range(10)]
+        r["label_rate_by_decile_of_mean"] = rate
+        report[t.name] = r
+        ax.plot(range(1, 11), rate, marker="o")
+        ax.axhline(float(y[ok].mean()), color="grey", linestyle="--", label="overall rate")
+        ax.set_xlabel(f"decile of the mean cos(target, history item), table {t.name}")
+        ax.set_ylabel("label rate (test)")
+        ax.set_title(f"{t.name}: AUC alone {r['auc_of_mean_alone']:.3f}, GAUC alone {r['gauc_of_mean_alone']:.3f}",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT / f"history_similarity_{spec.name}.png", dpi=120)
+    write_json(OUT / f"history_similarity_{spec.name}.json", report)
+    print(json.dumps(report, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("plot", choices=["attention", "mnse", "similarity"])
+    ap.add_argument("plot", choices=["attention", "mnse", "similarity", "history_similarity"])
     ap.add_argument("--dataset", default="p2v", help="similarity: a dataset with paired vector features")
     ap.add_argument("--run", type=Path)
     a = ap.parse_args()
     default = {"attention": "runs/bench/encoders/sequence/p5_tin_s1", "mnse": "runs/bench/encoders/numeric/p4_mnse_s1"}
     if a.plot == "similarity":
         similarity(a.dataset)
+        return
+    if a.plot == "history_similarity":
+        history_similarity(a.dataset if a.dataset != "p2v" else "p5v")
         return
     run = a.run or Path(default[a.plot])
     (attention if a.plot == "attention" else mnse)(run)
