@@ -134,3 +134,13 @@ def test_matmul_and_gather_paths_agree_with_raw_cosines(make_batch, monkeypatch)
     expect, valid = cosine_to_target(raw["text"][target], raw["text"][ids], ids > 0)
     assert torch.equal(valid, v_mm[..., 0])
     torch.testing.assert_close(s_mm[..., 0][valid], expect[valid], rtol=1e-5, atol=1e-6)
+
+
+def test_similarity_pairs_with_different_encodings_are_an_error():
+    feats = [Feature(name="u1", kind="vector", dim=2, pair="i1", encoding={"name": "similarity", "max_value": 10}),
+             Feature(name="i1", kind="vector", dim=2),
+             Feature(name="u2", kind="vector", dim=2, pair="i2", encoding={"name": "similarity", "max_value": 50}),
+             Feature(name="i2", kind="vector", dim=2)]
+    space = FeatureSpace(schema=Schema(features=feats, labels=[Label(name="y")]))
+    with pytest.raises(ValueError, match="must share one encoding"):
+        FieldEmbedding(space, 4)

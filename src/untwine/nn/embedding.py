@@ -237,6 +237,10 @@ class FieldEmbedding(nn.Module):
         self.similarity = None
         if self.pairs:
             enc = vec_enc[self.pairs[0][0]]
+            differ = [a for a, _ in self.pairs if vec_enc[a] != enc]
+            if differ:  # the pairs share one MNSE (one field each): they need the same M, bases and combine
+                raise ValueError(f"similarity pairs {[a for a, _ in self.pairs]} must share one encoding; "
+                                 f"{differ} differ from {self.pairs[0][0]!r}'s {enc}")
             self.similarity = MNSE(len(self.pairs), enc.max_value, dim, enc.bases, enc.combine, init_std)
         self.num_fields = (len(schema.categorical) + len(self.multi) + sum(s.n_fields for s in self.sequences)
                            + len(self.vector_proj) + len(self.pairs)
