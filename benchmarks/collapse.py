@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, machine, mean_std, sim_oracle, write_json  # noqa: E402
 
 from untwine.analysis.collapse import collapse_report, plot_ia, plot_spectra  # noqa: E402
 from untwine.train.config import ExperimentConfig  # noqa: E402
@@ -123,8 +123,11 @@ def table(recs: list[dict], cmd: str) -> str:
              "with n values has IA at most min(n, width). Train samples/s: train.threads=1, runs sharing the "
              "cores: rough.", ""]
     for p in dict.fromkeys(r["protocol"] for r in recs):
-        lines += [f"## {p.upper()}", "",
-                  "| variant | total width | seeds | test AUC | test logloss | IA per table | IA side by side "
+        lines += [f"## {p.upper()}", ""]
+        if p == "sim":
+            o_auc, o_gauc = sim_oracle(SIM_DIR)
+            lines += [f"Oracle (the simulator's true click probabilities): test AUC {o_auc:.4f}, GAUC {o_gauc:.4f}.", ""]
+        lines += ["| variant | total width | seeds | test AUC | test logloss | IA per table | IA side by side "
                   "| IA side by side (freq-weighted) | parameters | train samples/s | epochs |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, (_, label, _, _, width) in VARIANTS.items():

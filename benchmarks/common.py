@@ -78,3 +78,15 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: int = 7200) -> di
 
 
 PY = sys.executable
+
+
+def sim_oracle(sim_dir: Path) -> tuple[float, float]:
+    """Test AUC and GAUC of a simulated log's true click probabilities (the best any model can reach)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from untwine.metrics.classification import auc, gauc
+
+    t = pq.read_table(Path(sim_dir) / "test.parquet", columns=["p_click", "click", "user_id"])
+    p, y = t.column("p_click").to_numpy(), t.column("click").to_numpy()
+    return auc(p, y), gauc(p, y, np.asarray(t.column("user_id").to_pylist())).value

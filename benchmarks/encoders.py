@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, machine, mean_std, sim_oracle, write_json  # noqa: E402
 
 from untwine.train.config import ExperimentConfig  # noqa: E402
 from untwine.train.run import run_experiment  # noqa: E402
@@ -48,16 +48,7 @@ def protocol_config(protocol: str, model_file: str) -> tuple[Path, list[str]]:
 
 def oracle_metrics(protocol: str) -> tuple[float, float] | None:
     """Test AUC and GAUC of the simulator's true click probabilities (None for logged data)."""
-    if protocol != "sim":
-        return None
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from untwine.metrics.classification import auc, gauc
-
-    t = pq.read_table(SIM_DIR / "test.parquet", columns=["p_click", "click", "user_id"])
-    p, y = t.column("p_click").to_numpy(), t.column("click").to_numpy()
-    return auc(p, y), gauc(p, y, np.asarray(t.column("user_id").to_pylist())).value
+    return sim_oracle(SIM_DIR) if protocol == "sim" else None
 
 
 SPEC_TIM = "attention_norm: false, keep_history: false"
