@@ -23,6 +23,8 @@ def small_config(name: str, **extra) -> dict:
         cfg["cross_layers"] = 2
     if "expert_dim" in fields:
         cfg["expert_dim"] = 8
+    if "expert_hidden" in fields:
+        cfg["expert_hidden"] = [7]
     cfg.update(extra)
     return cfg
 
@@ -49,6 +51,8 @@ if "hetero_moe" in NAMES:
                  ("hetero_moe", {"tables": [6], "gate_input": "experts",
                                  "experts": [{"type": "fm"}, {"type": "gwpfm", "intra": True}, {"type": "cross"}]}),
                  ("hetero_moe", {"numeric": "raw", "experts": [{"type": "flat_dnn"}, {"type": "ipnn"}]})]
+VARIANTS += [("mmoe", {"num_experts": 1}), ("ple", {"levels": 1}), ("ple", {"levels": 3, "task_experts": 2}),
+             ("stem", {"shared_experts": 2, "task_experts": 2, "expert_hidden": [7, 5]})]
 if "tin" in NAMES:
     VARIANTS += [("tin", {"sequence_encoder": {"name": "tim", "temporal_encoding": False}}),
                  ("tin", {"sequence_encoder": {"name": "tim", "target_aware_representation": False}}),
@@ -66,6 +70,7 @@ VARIANT_IDS = [variant_id(n, extra) for n, extra in VARIANTS]
 # with a single expert the DCN-Mix softmax gate is the constant 1, so its weights get a zero gradient.
 ALLOWED_NO_GRAD: dict[str, set[str]] = {
     "dcnv2-low_rank=2-num_experts=1": {"cross.gates.0.weight"},
+    "mmoe-num_experts=1": {"gate.linear.weight", "gate.linear.bias"},
 }
 
 

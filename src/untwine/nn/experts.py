@@ -53,3 +53,48 @@ class TaskTowers(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         shared = h.shape[1] == 1
         return torch.cat([tower(h[:, 0 if shared else t]) for t, tower in enumerate(self.towers)], dim=1)
+
+
+class ExpertBank(nn.Module):
+    """E independent MLP experts reading one input: (B, in) -> (B, E, H), H = the last hidden width."""
+
+    def __init__(self, in_dim: int, num_experts: int, hidden: Sequence[int], **mlp_options) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("an expert needs at least one hidden layer")
+        self.experts = nn.ModuleList(MLP(in_dim, hidden, **mlp_options) for _ in range(num_experts))
+        self.out_dim = hidden[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([e(x) for e in self.experts], dim=1)
+
+
+class ExtractionLayer(nn.Module):
+    """One PLE extraction layer (customised gate control): each task has its own experts and all tasks share
+    some; task t's gate, read from task t's input, mixes its own and the shared experts; the shared gate,
+    read from the shared input, mixes every expert for the next layer (none in the last layer).
+
+    (task inputs T x (B, in), shared input (B, in)) -> (task outputs T x (B, H), shared output (B, H) or None)
+    """
+
+    def __init__(self, in_dim: int, num_tasks: int, task_experts: int, shared_experts: int, hidden: Sequence[int],
+                 last: bool, **mlp_options) -> None:
+        super().__init__()
+        self.task_banks = nn.ModuleList(ExpertBank(in_dim, task_experts, hidden, **mlp_options)
+                                        for _ in range(num_tasks))
+        self.shared_bank = ExpertBank(in_dim, shared_experts, hidden, **mlp_options)
+        self.task_gates = nn.ModuleList(nn.Linear(in_dim, task_experts + shared_experts) for _ in range(num_tasks))
+        self.shared_gate = None if last else nn.Linear(in_dim, num_tasks * task_experts + shared_experts)
+        self.out_dim = self.shared_bank.out_dim
+
+    def forward(self, task_inputs: list[Tensor], shared_input: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        shared = self.shared_bank(shared_input)  # (B, S, H)
+        specific = [bank(x) for bank, x in zip(self.task_banks, task_inputs)]  # T x (B, k, H)
+        outs = []
+        for x, own, gate in zip(task_inputs, specific, self.task_gates):
+            w = torch.softmax(gate(x), dim=-1).unsqueeze(1)  # (B, 1, k + S)
+            outs.append((w @ torch.cat([own, shared], dim=1))[:, 0])
+        if self.shared_gate is None:
+            return outs, None
+        w = torch.softmax(self.shared_gate(shared_input), dim=-1).unsqueeze(1)
+        return outs, (w @ torch.cat([*specific, shared], dim=1))[:, 0]

@@ -1,0 +1,103 @@
+"""Multi-task models: shared-bottom, MMoE, PLE and STEM against hand-wired replays, the reductions between
+them, and STEM's stop-gradient."""
+from __future__ import annotations
+
+import torch
+
+from untwine.models import build_model
+
+from test_reference import naive_flat, naive_mlp, scramble, stacked_logits  # noqa: E402
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def build(name, space, **cfg):
+    torch.manual_seed(0)
+    model = build_model(name, space, {"embedding_dim": 3, "expert_hidden": [6, 5], "hidden": [4], **cfg}).eval()
+    scramble(model)
+    return model
+
+
+def tower(model, t, h):
+    body, out = model.towers.towers[t]
+    return out(naive_mlp(body, h)).squeeze(-1)
+
+
+def test_mmoe_reference(make_space, make_batch):
+    space = make_space(2)
+    batch = make_batch(space, 5)
+    model = build("mmoe", space, num_experts=3)
+    x = naive_flat(model.embedding, space, batch)
+    experts = torch.stack([naive_mlp(e, x) for e in model.experts.experts], dim=1)  # (B, E, H)
+    logits = model.gate.linear(x).view(-1, 2, 3)
+    expected = torch.stack([tower(model, t, (torch.softmax(logits[:, t], -1).unsqueeze(-1) * experts).sum(1))
+                            for t in range(2)], dim=1)
+    torch.testing.assert_close(stacked_logits(model(batch), space.schema.task_names), expected, **TOL)
+
+
+def test_mmoe_with_one_task_and_one_expert_is_shared_bottom(make_space, make_batch):
+    space = make_space(1)
+    batch = make_batch(space, 6)
+    sb, mmoe = build("shared_bottom", space), build("mmoe", space, num_experts=1)
+    rename = {k.replace("experts.experts.0.", "bottom."): v for k, v in mmoe.state_dict().items()
+              if not k.startswith("gate.")}
+    assert set(rename) == set(sb.state_dict())
+    sb.load_state_dict(rename)
+    torch.testing.assert_close(sb(batch)["click"], mmoe(batch)["click"])
+
+
+def test_ple_single_level_is_cgc(make_space, make_batch):
+    space = make_space(2)
+    batch = make_batch(space, 5)
+    model = build("ple", space, levels=1, task_experts=2, shared_experts=1)
+    (layer,) = model.layers
+    assert layer.shared_gate is None  # the last layer needs no shared output
+    x = naive_flat(model.embedding, space, batch)
+    shared = [naive_mlp(e, x) for e in layer.shared_bank.experts]
+    expected = []
+    for t in range(2):
+        experts = torch.stack([naive_mlp(e, x) for e in layer.task_banks[t].experts] + shared, dim=1)
+        w = torch.softmax(layer.task_gates[t](x), -1)
+        expected.append(tower(model, t, (w.unsqueeze(-1) * experts).sum(1)))
+    torch.testing.assert_close(stacked_logits(model(batch), space.schema.task_names), torch.stack(expected, 1), **TOL)
+
+
+def test_ple_shared_gate_mixes_every_expert(make_space, make_batch):
+    space = make_space(2)
+    model = build("ple", space, levels=2)
+    first = model.layers[0]
+    x = model.embedding.flat(make_batch(space, 4))
+    _, shared_out = first([x, x], x)
+    experts = torch.cat([b(x) for b in first.task_banks] + [first.shared_bank(x)], dim=1)
+    w = torch.softmax(first.shared_gate(x), -1)
+    torch.testing.assert_close(shared_out, (w.unsqueeze(-1) * experts).sum(1))
+
+
+def test_stem_gradient_of_one_task_never_reaches_the_other_tasks_parameters(make_space, make_batch):
+    space = make_space(2)
+    batch = make_batch(space, 7)
+    model = build("stem", space, shared_experts=2, task_experts=2).train()
+    model(batch)["click"].sum().backward()  # task 0 only
+    own, other = model.tables[1].table.weight.grad, model.tables[2].table.weight.grad
+    assert own is not None and own.abs().sum() > 0
+    assert model.tables[0].table.weight.grad.abs().sum() > 0  # the shared embedding learns from every task
+    assert other is None or torch.count_nonzero(other) == 0  # exactly zero, not small
+    for p in model.specific[1].parameters():
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    for p in model.specific[0].parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_stem_forward_reads_every_tasks_experts(make_space, make_batch):
+    """All forward: task 0's prediction changes when task 1's specific experts change."""
+    space = make_space(2)
+    batch = make_batch(space, 5)
+    model = build("stem", space)
+    before = model(batch)["click"].clone()
+    with torch.no_grad():
+        for p in model.specific[1].parameters():
+            p.add_(1.0)
+    assert not torch.allclose(before, model(batch)["click"])
+    w = model.gate_weights(batch)
+    assert w.shape == (5, 2, 3)
+    torch.testing.assert_close(w.sum(-1), torch.ones(5, 2))
