@@ -109,3 +109,22 @@ def test_gwpfm_groups_from_config(make_space, make_batch):
     gw = model.experts[0].interaction
     assert gw.member.tolist() == [[1, 0, 1], [0, 1, 0]] and gw.num_pairs == 1
     assert model(make_batch(space, 3))["click"].shape == (3,)
+
+
+def test_ame_defaults_and_static_task_assignment(make_space, make_batch):
+    space = make_space(2)
+    torch.manual_seed(0)
+    ame = build_model("ame", space, {"expert_dim": 5, "hidden": [4]})
+    assert [t.dim for t in ame.tables] == [16, 32, 64] and [e.table for e in ame.experts] == [0, 1, 2]
+    batch = make_batch(space, 6)
+    free = ame.gate_weights(batch)
+    assert (free > 0).all()  # sample-level routing over every table
+    routed = build_model("ame", space, {"expert_dim": 5, "hidden": [4], "task_experts": {"buy": [1, 2]}})
+    w = routed.gate_weights(batch)
+    assert torch.count_nonzero(w[:, 1, 0]) == 0 and (w[:, 1, 1:] > 0).all()  # buy never reads table 0
+    assert (w[:, 0] > 0).all()  # click is not restricted
+    torch.testing.assert_close(w.sum(-1), torch.ones(6, 2))
+    with pytest.raises(ValueError, match="not tasks"):
+        build_model("ame", space, {"task_experts": {"cvr": [0]}})
+    with pytest.raises(ValueError, match="must be in 0..2"):
+        build_model("ame", space, {"task_experts": {"buy": [3]}})

@@ -101,3 +101,50 @@ def test_stem_forward_reads_every_tasks_experts(make_space, make_batch):
     w = model.gate_weights(batch)
     assert w.shape == (5, 2, 3)
     torch.testing.assert_close(w.sum(-1), torch.ones(5, 2))
+
+
+def test_product_logit_is_the_logit_of_the_product():
+    from untwine.models.esmm import product_logit
+
+    a = torch.tensor([-30.0, -3.0, 0.0, 2.0, 8.0, 30.0], dtype=torch.float64)
+    b = torch.tensor([1.0, 0.5, 0.0, -1.0, 9.0, 30.0], dtype=torch.float64)
+    p = torch.sigmoid(a) * torch.sigmoid(b)
+    got = product_logit(a, b)
+    torch.testing.assert_close(got[:5], torch.log(p / (1 - p))[:5])
+    assert torch.isfinite(got).all()  # p -> 1 stays finite
+
+
+def test_esmm_outputs_ctr_and_ctcvr_and_cvr_learns_only_through_the_product(make_space, make_batch):
+    space = make_space(2)
+    batch = make_batch(space, 6)
+    model = build("esmm", space)
+    out = model(batch)
+    ctr, cvr = torch.sigmoid(out["click"]), model.cvr(batch)["buy"]
+    torch.testing.assert_close(torch.sigmoid(out["buy"]), ctr * cvr, **TOL)
+    # an unclicked impression (CTCVR label 0) reaches the CVR tower only scaled by its pCTR: as pCTR -> 0 the
+    # CVR tower's gradient vanishes, so unclicked impressions are never treated as CVR negatives
+    with torch.no_grad():
+        model.towers.towers[0][1].bias.fill_(-40.0)  # pCTR ~ 4e-18 for every row
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch)["buy"], torch.zeros(6))
+    loss.backward()
+    cvr_grad = sum(p.grad.abs().sum() for p in model.towers.towers[1].parameters())
+    assert cvr_grad < 1e-12
+    with torch.no_grad():
+        model.towers.towers[0][1].bias.fill_(0.0)
+    model.zero_grad()
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch)["buy"], torch.zeros(6)).backward()
+    assert sum(p.grad.abs().sum() for p in model.towers.towers[1].parameters()) > 1e-3
+
+
+def test_esmm_rejects_masked_conversions(make_space):
+    import pytest
+
+    from untwine.core.features import FeatureSpace
+    from untwine.core.schema import Label
+
+    space = make_space(2)
+    labels = [space.schema.labels[0], Label(name="buy", mask_column="click")]
+    masked = FeatureSpace(schema=space.schema.model_copy(update={"labels": labels}), vocab_sizes=space.vocab_sizes,
+                          numeric_stats=space.numeric_stats)
+    with pytest.raises(ValueError, match="drop their mask_column"):
+        build_model("esmm", masked)

@@ -1,5 +1,5 @@
 """Registered models. Importing this package registers every built-in model."""
-from untwine.models import (dcnv2, deepfm, din, dnn, fm, hetero_moe, lr, mmoe, ple, shared_bottom, stem,  # noqa: F401
+from untwine.models import (ame, dcnv2, deepfm, din, dnn, esmm, fm, hetero_moe, lr, mmoe, ple, shared_bottom, stem,  # noqa: F401
                             tin)
 from untwine.models.base import MODELS, RankingModel, build_model
 

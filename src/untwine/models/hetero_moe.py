@@ -69,6 +69,8 @@ class HeteroMoEConfig(MLPConfig):
     expert_dim: int = Field(400, ge=1)
     combine: Literal["gate", "mean"] = "gate"
     gate_input: Literal["embeddings", "experts"] = "embeddings"  # all tables' fields, or the projected experts
+    # optional static routing: task -> the experts (indices into ``experts``) its gate may use; others all
+    task_experts: dict[str, tuple[int, ...]] | None = None
 
     @model_validator(mode="after")
     def _check_tables(self) -> "HeteroMoEConfig":
@@ -161,8 +163,24 @@ class HeteroMoE(RankingModel):
         if config.combine == "gate" and len(self.experts) > 1:
             gate_in = (sum(t.output_dim for t in self.tables) if config.gate_input == "embeddings"
                        else width * len(self.experts))
-            self.gate = ExpertGate(gate_in, len(self.experts), len(self.tasks))
+            self.gate = ExpertGate(gate_in, len(self.experts), len(self.tasks), self._allowed(config))
         self.towers = TaskTowers(width, config.hidden, len(self.tasks), **opts)
+
+    def _allowed(self, config: HeteroMoEConfig) -> Tensor | None:
+        if config.task_experts is None:
+            return None
+        unknown = sorted(set(config.task_experts) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"task_experts names {unknown}, which are not tasks {self.tasks}")
+        allowed = torch.ones(len(self.tasks), len(self.experts), dtype=torch.bool)
+        for t, task in enumerate(self.tasks):
+            if task in config.task_experts:
+                idx = list(config.task_experts[task])
+                if not idx or min(idx) < 0 or max(idx) >= len(self.experts):
+                    raise ValueError(f"task_experts[{task!r}] = {idx}: expert indices must be in 0..{len(self.experts) - 1}")
+                allowed[t] = False
+                allowed[t, idx] = True
+        return allowed
 
     def expert_outputs(self, batch: Batch) -> tuple[Tensor, list[Tensor]]:
         """(B, E, H) projected experts and each table's flat input."""

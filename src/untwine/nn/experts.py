@@ -22,13 +22,22 @@ class ExpertGate(nn.Module):
                 [1., 1.]], grad_fn=<SumBackward1>)
     """
 
-    def __init__(self, in_dim: int, num_experts: int, num_tasks: int) -> None:
+    def __init__(self, in_dim: int, num_experts: int, num_tasks: int, allowed: Tensor | None = None) -> None:
         super().__init__()
         self.num_experts, self.num_tasks = num_experts, num_tasks
         self.linear = nn.Linear(in_dim, num_experts * num_tasks)
+        if allowed is not None:  # (T, E) bool: a static task -> experts assignment; the others get weight 0
+            if tuple(allowed.shape) != (num_tasks, num_experts) or not allowed.any(dim=1).all():
+                raise ValueError(f"allowed must be a ({num_tasks}, {num_experts}) mask with an expert for every task")
+            self.register_buffer("allowed", allowed.bool(), persistent=False)
+        else:
+            self.allowed = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.softmax(self.linear(x).view(-1, self.num_tasks, self.num_experts), dim=-1)
+        logits = self.linear(x).view(-1, self.num_tasks, self.num_experts)
+        if self.allowed is not None:
+            logits = logits.masked_fill(~self.allowed, float("-inf"))
+        return torch.softmax(logits, dim=-1)
 
 
 def mix(experts: Tensor, weights: Tensor | None) -> Tensor:
