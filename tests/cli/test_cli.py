@@ -116,3 +116,13 @@ def test_simulate_then_train_a_sim_config(tmp_path):
                               "train.batch_size=512", "train.progress=false", "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert "test click: auc=" in res.output
+
+
+def test_task_weights_must_name_tasks(tmp_path):
+    write_csv_dataset(tmp_path)
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "train.task_weights={nope: 0.2}",
+                              "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "train.task_weights names ['nope']" in str(res.exception)
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "train.task_weights={y: 0.5}", "train.epochs=1",
+                              "--run-dir", str(tmp_path / "r2")])
+    assert res.exit_code == 0, res.output

@@ -148,3 +148,37 @@ def test_esmm_rejects_masked_conversions(make_space):
                           numeric_stats=space.numeric_stats)
     with pytest.raises(ValueError, match="drop their mask_column"):
         build_model("esmm", masked)
+
+
+def test_stem_al_export_has_no_auxiliary_parameters_and_the_same_main_scores(make_space, make_batch):
+    from untwine.core.features import FeatureSpace
+
+    space = make_space(2)
+    batch = make_batch(space, 6)
+    model = build("stem_al", space, main_task="buy", shared_experts=2, task_experts=2)
+    main_only = FeatureSpace(schema=space.schema.model_copy(update={"labels": [space.schema.labels[1]]}),
+                             vocab_sizes=space.vocab_sizes, numeric_stats=space.numeric_stats)
+    exported = build_model("stem_al", main_only, {"embedding_dim": 3, "expert_hidden": [6, 5], "hidden": [4],
+                                                  "shared_experts": 2, "task_experts": 2, "inference": True}).eval()
+    state = model.export_state()
+    assert set(state) == set(exported.state_dict())
+    exported.load_state_dict(state)
+    torch.testing.assert_close(exported(batch)["buy"], model(batch)["buy"], rtol=0, atol=0)
+    aux = {id(p) for p in [*model.tables[1].parameters(), *model.specific[0].parameters(), *model.gates[0].parameters(),
+                           *model.towers.towers[0].parameters()]}
+    assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in model.parameters() if id(p) not in aux)
+
+
+def test_stem_al_auxiliary_loss_reaches_main_parameters_only_through_shared_ones(make_space, make_batch):
+    space = make_space(2)
+    batch = make_batch(space, 7)
+    model = build("stem_al", space).train()  # main task: click (the first)
+    model(batch)["buy"].sum().backward()  # the auxiliary task's output only
+    for p in [*model.tables[1].parameters(), *model.specific[0].parameters(), *model.gates[0].parameters(),
+              *model.towers.towers[0].parameters()]:
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    assert model.tables[0].table.weight.grad.abs().sum() > 0 and model.tables[2].table.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    model(batch)["click"].sum().backward()  # the main prediction never reads auxiliary parameters
+    for p in [*model.tables[2].parameters(), *model.specific[1].parameters()]:
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0

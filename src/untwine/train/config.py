@@ -33,6 +33,7 @@ class TrainConfig(BaseModel):
     lr_decay_on_plateau: float = Field(1.0, gt=0, le=1)  # multiply every lr by this after an epoch without improvement
     monitor: Literal["auc", "gauc", "logloss"] = "auc"
     monitor_task: str = "mean"  # a task name, or the mean over tasks
+    task_weights: dict[str, float] = Field(default_factory=dict)  # loss weight per task (else the label's weight)
     seed: int = 2024
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)

@@ -151,7 +151,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
         if not (run_dir / "vocab").exists():
             shutil.copytree(prepared.root / "vocab", run_dir / "vocab")
     loaders = make_loaders(prepared, spec, tc, info)
-    weights = [lab.weight for lab in spec.schema.labels]
+    unknown = sorted(set(tc.task_weights) - set(spec.schema.task_names))
+    if unknown:
+        raise ValueError(f"train.task_weights names {unknown}, which are not tasks {spec.schema.task_names}")
+    weights = [tc.task_weights.get(lab.name, lab.weight) for lab in spec.schema.labels]
     trainer = Trainer(model, spec.schema.task_names, weights, tc, run_dir, info, log=log)
     t1 = time.perf_counter()
     fit = trainer.fit(loaders["train"], loaders["valid"], resume=resume)
