@@ -1,1 +1,1 @@
-"""Analysis tools over trained runs: dimensional collapse (information abundance)."""
+"""Analysis tools over trained runs: dimensional collapse (information abundance) and interest entanglement."""

@@ -103,6 +103,59 @@ def analyze_collapse(run_dirs: List[Path] = typer.Argument(..., exists=True, fil
             raise typer.Exit(1)
 
 
+@analyze_app.command("entanglement")
+def analyze_entanglement(run_a: Path = typer.Argument(..., exists=True, file_okay=False, help="single-task run A"),
+                         run_b: Path = typer.Argument(..., exists=True, file_okay=False, help="single-task run B"),
+                         run_mt: Path = typer.Argument(..., exists=True, file_okay=False, help="multi-task run"),
+                         out: Optional[Path] = typer.Option(None, help="output directory (default RUN_MT/entanglement)"),
+                         user: Optional[str] = typer.Option(None, help="user id feature (default: the group key)"),
+                         item: Optional[str] = typer.Option(None, help="item id feature (default: first item one)"),
+                         split: str = typer.Option("valid", help="split whose (user, item) pairs are measured"),
+                         rows: int = typer.Option(50_000, help="rows of the split to use"),
+                         fraction: float = typer.Option(0.1, help="share of pairs where A and B disagree most")) -> None:
+    """Distance distributions of conflicting (user, item) pairs under two single-task models and a
+    multi-task one, and the multi-task model's gate weights per task: JSON + PNG."""
+    import numpy as np
+
+    from untwine.analysis.collapse import embedding_tables
+    from untwine.analysis.entanglement import (entanglement_report, gate_sample, pair_distances, pair_features,
+                                               plot_distances, plot_gates, zscore)
+    from untwine.core.io import atomic_write_json
+    from untwine.train.run import load_run, run_split_loader
+
+    out = out or run_mt / "entanglement"
+    loaded = [(run, *load_run(run)) for run in (run_a, run_b, run_mt)]
+    u, i = pair_features(loaded[0][2], user, item)
+
+    def distances(run, cfg, space, model, table=0):
+        return pair_distances(model, space, run_split_loader(run, cfg, space, split, batch_size=4096), u, i, rows, table)
+
+    da, db = distances(*loaded[0]), distances(*loaded[1])
+    run, cfg, space, model = loaded[2]
+    views = {f"multi-task {cfg.model.name} {path}": distances(run, cfg, space, model, k)
+             for k, (path, _) in enumerate(embedding_tables(model))}
+    if not (len(da) == len(db) and all(len(v) == len(da) for v in views.values())):
+        raise typer.BadParameter("the three runs must be trained on the same data (their splits differ in length)")
+    tasks = [loaded[0][1].tasks[0] if loaded[0][1].tasks else loaded[0][2].schema.task_names[0],
+             loaded[1][1].tasks[0] if loaded[1][1].tasks else loaded[1][2].schema.task_names[0]]
+    report = entanglement_report(da, db, views, fraction)
+    picked = report.pop("picked")
+    plot_distances(zscore(da)[picked], zscore(db)[picked], {k: zscore(v)[picked] for k, v in views.items()},
+                   (tasks[0], tasks[1]), out / "distances.png",
+                   title=f"{report['selected']:,} (user, item) pairs where {tasks[0]} and {tasks[1]} disagree most")
+    gates = gate_sample(model, run_split_loader(run, cfg, space, split, batch_size=4096), rows)
+    if gates is not None:
+        plot_gates(gates, space.schema.task_names, out / "gates.png", title=f"{cfg.model.name}: gate weights ({split})")
+        report["gates"] = {t: [float(x) for x in np.nanmean(gates[:, k], axis=0)]
+                           for k, t in enumerate(space.schema.task_names)}
+    report.update(runs=[str(r) for r in (run_a, run_b, run_mt)], tasks=tasks, user=u, item=i, split=split)
+    atomic_write_json(out / "entanglement.json", report)
+    for name, v in report["views"].items():
+        typer.echo(f"{name}: between A and B for {v['between']:.0%} of the selected pairs, "
+                   f"pull to the middle {v['pull_to_middle']:.2f}, corr with A {v['corr_with_a']:.2f} / B {v['corr_with_b']:.2f}")
+    typer.echo(f"wrote {out}/entanglement.json and plots")
+
+
 @app.command()
 def simulate(out: Path = typer.Argument(..., help="directory for the log and its dataset.yaml"),
              impressions: int = typer.Option(1_000_000, help="simulated impressions"),
