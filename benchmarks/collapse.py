@@ -162,7 +162,9 @@ def plots(recs: list[dict]) -> None:
                 pts = []
                 for key, (f, _, _, _, width) in VARIANTS.items():
                     rs = [r for r in recs if r["protocol"] == p and r["variant"] == key]
-                    if f != fam or not rs:
+                    # K = 1 of a multi-embedding family is its single 10-wide table: the line starts there
+                    starts = fam.startswith("ME-") and f"ME-{f}" == fam and width == 10
+                    if (f != fam and not starts) or not rs:
                         continue
                     vals = [r["test"]["auc"] if metric == "auc" else r["collapse"]["mean_ia_combined"] for r in rs]
                     pts.append((width, statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0))

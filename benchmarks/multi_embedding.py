@@ -5,8 +5,9 @@
 A Criteo-shaped feature space (26 categorical fields of 50k values each, zipf-distributed ids, 13 numeric
 fields embedded as value x vector) embedded by ``untwine.nn.MultiEmbedding``: K tables of width 10,
 beside one table of width 10 (the reference) and one of width 10 K (the same total width in a single
-table). Timed: the embedding forward, and forward + backward of the sum of the fields (dense
-gradients, the default optimizer's path), median over ``repeats`` after warm-up, one process, one
+table). Timed: the embedding forward, and forward + backward of the sum of the fields, with dense
+gradients (the default Adam path: the backward writes a gradient as large as the table) and with
+sparse ones (``embedding_optimizer: sparse_adam`` / ``adagrad``: only the rows looked up), median over ``repeats`` after warm-up, one process, one
 configuration after another. Writes benchmarks/results/collapse/multi_embedding.md and .json.
 """
 from __future__ import annotations
@@ -82,36 +83,40 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--gradients", nargs="+", choices=["dense", "sparse"], default=["dense", "sparse"],
+                    help="dense: the default Adam path; sparse: embedding_optimizer sparse_adam / adagrad")
     a = ap.parse_args()
     sp = space()
     b = batch(sp, a.batch, 0)
     recs = []
-    for threads in a.threads:
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        ref_fwd, ref_fb = measure(MultiEmbedding([FieldEmbedding(sp, 10)]), b, a.repeats)
-        for k in a.tables:
-            for shape, widths in (("K tables x 10", [10] * k), ("1 table x 10K", [10 * k])):
-                if k == 1 and shape != "K tables x 10":
-                    continue
-                torch.manual_seed(0)
-                fwd, fb = ((ref_fwd, ref_fb) if k == 1 else
-                           measure(MultiEmbedding([FieldEmbedding(sp, w) for w in widths]), b, a.repeats))
-                recs.append({"threads": threads, "tables": k, "shape": shape, "widths": widths,
-                             "forward_ms": fwd * 1e3, "forward_backward_ms": fb * 1e3,
-                             "forward_ratio": fwd / ref_fwd, "forward_backward_ratio": fb / ref_fb})
-                print(recs[-1], flush=True)
+    for grads in a.gradients:
+        sparse = grads == "sparse"
+        for threads in a.threads:
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            ref_fwd, ref_fb = measure(MultiEmbedding([FieldEmbedding(sp, 10, sparse=sparse)]), b, a.repeats)
+            for k in a.tables:
+                for shape, widths in (("K tables x 10", [10] * k), ("1 table x 10K", [10 * k])):
+                    if k == 1 and shape != "K tables x 10":
+                        continue
+                    torch.manual_seed(0)
+                    fwd, fb = ((ref_fwd, ref_fb) if k == 1 else measure(
+                        MultiEmbedding([FieldEmbedding(sp, w, sparse=sparse) for w in widths]), b, a.repeats))
+                    recs.append({"gradients": grads, "threads": threads, "tables": k, "shape": shape,
+                                 "widths": widths, "forward_ms": fwd * 1e3, "forward_backward_ms": fb * 1e3,
+                                 "forward_ratio": fwd / ref_fwd, "forward_backward_ratio": fb / ref_fb})
+                    print(recs[-1], flush=True)
     out = RESULTS / "collapse"
     write_json(out / "multi_embedding.json", {"machine": machine(), "batch": a.batch, "records": recs})
     lines = ["# Multi-embedding lookup cost", "", "`python benchmarks/multi_embedding.py " + " ".join(sys.argv[1:]) + "`",
              "", f"Machine: {machine()}. Batch {a.batch}, {N_CAT} categorical fields x {VOCAB:,} values (zipf ids) + "
              f"{N_NUM} numeric fields (value x vector); median of {a.repeats} timings. Ratio = time / time of one "
              "10-wide table in the same run. The issue's bound: K tables cost at most K x one table.", "",
-             "| threads | K | shape | forward ms | x one table | forward+backward ms | x one table | within K x |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| gradients | threads | K | shape | forward ms | x one table | forward+backward ms | x one table | within K x |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         ok = r["forward_ratio"] <= r["tables"] and r["forward_backward_ratio"] <= r["tables"]
-        lines.append(f"| {r['threads']} | {r['tables']} | {r['shape']} | {r['forward_ms']:.2f} | {r['forward_ratio']:.2f} | "
+        lines.append(f"| {r['gradients']} | {r['threads']} | {r['tables']} | {r['shape']} | {r['forward_ms']:.2f} | {r['forward_ratio']:.2f} | "
                      f"{r['forward_backward_ms']:.2f} | {r['forward_backward_ratio']:.2f} | {'yes' if ok else 'NO'} |")
     (out / "multi_embedding.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
