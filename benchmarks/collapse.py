@@ -185,7 +185,7 @@ def plots(recs: list[dict]) -> None:
     # IA per feature at total width 80 (and the MoE), seed 1's runs
     for p in protocols:
         reports = {}
-        for key in ("dnn_w80", "dnn_k8", "dcnv2_w80", "dcnv2_k8", "moments"):
+        for key in ("dnn_w80", "dnn_k8", "dcnv2_w80", "dcnv2_k8", "dcnv2p_k8", "moments"):
             run = RUNS / f"{p}_{key}_s1" / "collapse.json"
             if run.exists():
                 reports[VARIANTS[key][1].split(" (")[0]] = json.loads(run.read_text())
