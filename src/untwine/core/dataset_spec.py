@@ -48,11 +48,15 @@ class DatasetSpec(BaseModel):
     def schema(self) -> Schema:  # noqa: D401 - a plain accessor
         return self.schema_
 
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the spec, relative to its folder (``root``, else the working directory)."""
+        p = Path(path)
+        return p if p.is_absolute() else (Path(self.root) if self.root else Path.cwd()) / p
+
     def files(self, split: str) -> list[Path]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        base = Path(self.root) if self.root else Path.cwd()
-        return [p if p.is_absolute() else base / p for p in map(Path, getattr(self, split))]
+        return [self.resolve(p) for p in getattr(self, split)]
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DatasetSpec":

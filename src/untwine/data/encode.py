@@ -90,7 +90,7 @@ def fingerprint(spec: DatasetSpec, on_bad_rows: str) -> str:
             st = p.stat()
             files.append([split, str(p.resolve()), st.st_size, st.st_mtime_ns])
     for table in spec.schema.vector_tables:  # a side file's change re-encodes like a data file's
-        path = table_path(spec, table)
+        path = spec.resolve(table.file)
         st = path.stat() if path.exists() else None
         files.append(["table", str(path.resolve()), st and st.st_size, st and st.st_mtime_ns])
     blob = json.dumps({"v": ENCODING_VERSION, "schema": spec.schema.to_dict(), "format": spec.format,
@@ -99,15 +99,10 @@ def fingerprint(spec: DatasetSpec, on_bad_rows: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def table_path(spec: DatasetSpec, table: VectorTable) -> Path:
-    p = Path(table.file)
-    return p if p.is_absolute() else (Path(spec.root) if spec.root else Path.cwd()) / p
-
-
 def build_vector_table(spec: DatasetSpec, table: VectorTable, vocab: Vocab, log=print) -> np.ndarray:
     """(vocab size, dim) float32 rows aligned with the key's ids: PAD, OOV and ids without a vector stay zero.
     Keys outside the vocabulary (values never seen in training) are dropped and counted."""
-    path = table_path(spec, table)
+    path = spec.resolve(table.file)
     if not path.exists():
         raise FileNotFoundError(f"vector table {table.name!r}: {path} does not exist")
     key_col = table.key_column or spec.schema.feature(table.key).source

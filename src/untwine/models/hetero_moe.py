@@ -184,15 +184,9 @@ class HeteroMoE(RankingModel):
 
     def expert_outputs(self, batch: Batch) -> tuple[Tensor, list[Tensor]]:
         """(B, E, H) projected experts and each table's flat input."""
-        flats, outs = [], []
-        embedded = self.tables(batch)
-        for fields, dense in embedded:
-            flat = fields.flatten(1)
-            flats.append(flat if dense is None else torch.cat([flat, dense], dim=1))
-        for expert in self.experts:
-            fields, _ = embedded[expert.table]
-            outs.append(expert(fields, flats[expert.table]))
-        return torch.stack(outs, dim=1), flats
+        embedded = self.tables.embed(batch)
+        outs = [expert(*embedded[expert.table]) for expert in self.experts]
+        return torch.stack(outs, dim=1), [flat for _, flat in embedded]
 
     def gate_weights(self, batch: Batch) -> Tensor | None:
         """(B, T, E) gate weights, or None when the experts are averaged."""

@@ -28,16 +28,15 @@ class STEM(RankingModel):
         d, opts = self.tables[0].output_dim, config.mlp_options()
         self.shared = ExpertBank(d, config.shared_experts, config.expert_hidden, **opts)
         self.specific = nn.ModuleList(ExpertBank(d, config.task_experts, config.expert_hidden, **opts) for _ in range(t))
-        n = config.shared_experts + t * config.task_experts
-        self.gates = nn.ModuleList(nn.Linear(2 * d, n) for _ in range(t))
+        self.gates = nn.ModuleList(nn.Linear(2 * d, self._gated_experts(k)) for k in range(t))
         self.towers = TaskTowers(self.shared.out_dim, config.hidden, t, **opts)
 
+    def _gated_experts(self, task: int) -> int:
+        """How many experts task ``task``'s gate mixes: the shared ones and every task's."""
+        return self.config.shared_experts + len(self.tasks) * self.config.task_experts
+
     def _flats(self, batch: Batch) -> list[Tensor]:
-        out = []
-        for fields, dense in self.tables(batch):
-            flat = fields.flatten(1)
-            out.append(flat if dense is None else torch.cat([flat, dense], dim=1))
-        return out
+        return [flat for _, flat in self.tables.embed(batch)]
 
     def _mix(self, batch: Batch) -> tuple[Tensor, Tensor]:
         flats = self._flats(batch)

@@ -34,13 +34,13 @@ class STEMAL(STEM):
             raise ValueError(f"main_task {config.main_task!r} is not a task {tasks}")
         if config.inference and len(tasks) != 1:
             raise ValueError(f"an inference STEM-AL has the main task only; the schema has {tasks}")
-        super().__init__(space, config)
         self.main_index = tasks.index(config.main_task) if config.main_task else 0
-        s, k, t = config.shared_experts, config.task_experts, len(self.tasks)
-        d = self.tables[0].output_dim
-        for j in range(t):  # the main gate: shared + main experts; an auxiliary gate: shared + own + main
-            n = s + k if j == self.main_index else s + 2 * k
-            self.gates[j] = torch.nn.Linear(2 * d, n)
+        super().__init__(space, config)
+
+    def _gated_experts(self, task: int) -> int:
+        """The main gate mixes the shared and the main experts; an auxiliary gate also its own."""
+        c = self.config
+        return c.shared_experts + c.task_experts * (1 if task == self.main_index else 2)
 
     def _mix(self, batch: Batch) -> tuple[Tensor, list[Tensor]]:
         flats = self._flats(batch)

@@ -37,6 +37,12 @@ def masked_mean(emb: Tensor, ids: Tensor, pooling: str = "mean") -> Tensor:
     return masked_pool(emb, ids > 0, pooling)
 
 
+def flatten_fields(fields: Tensor, dense: Tensor | None) -> Tensor:
+    """(B, F, D) fields and optional (B, F_num) raw numerics -> (B, F * D [+ F_num])."""
+    flat = fields.flatten(1)
+    return flat if dense is None else torch.cat([flat, dense], dim=1)
+
+
 class SequenceField(nn.Module):
     """One behaviour sequence -> (B, n_fields, D) with its encoder; built by FieldEmbedding."""
 
@@ -319,9 +325,7 @@ class FieldEmbedding(nn.Module):
 
     def flat(self, batch: Batch) -> Tensor:
         """(B, F * D [+ F_num]): fields flattened, raw numerics appended."""
-        fields, dense = self(batch)
-        flat = fields.flatten(1)
-        return flat if dense is None else torch.cat([flat, dense], dim=1)
+        return flatten_fields(*self(batch))
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters that are row-sparse by nature (the table), for the embedding optimizer."""
@@ -351,3 +355,7 @@ class MultiEmbedding(nn.ModuleList):
 
     def forward(self, batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
         return [table(batch) for table in self]
+
+    def embed(self, batch: Batch) -> list[tuple[Tensor, Tensor]]:
+        """Per table: (fields (B, F, D_k), flat (B, F * D_k [+ F_num]))."""
+        return [(fields, flatten_fields(fields, dense)) for fields, dense in self(batch)]
