@@ -150,10 +150,7 @@ def pair_spectra(model: nn.Module, batches: Iterable[Batch], max_rows: int = 20_
 
 def plot_spectra(report: dict, path: str | Path, title: str = "") -> None:
     """Normalised singular spectra s_i / s_1 per feature, one panel per table (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tables = [t for t in report["tables"] if t["fields"]]
     fig, axes = plt.subplots(1, max(len(tables), 1), figsize=(4.2 * max(len(tables), 1), 3.6), squeeze=False)
@@ -169,16 +166,13 @@ def plot_spectra(report: dict, path: str | Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ia(reports: dict[str, dict], path: str | Path, title: str = "") -> None:
     """IA per feature (mean over a model's tables), one bar per model, with each table's width as the
     ceiling IA can reach (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     features = list(dict.fromkeys(n for r in reports.values() for t in r["tables"] for n in t["fields"]))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(features) * max(len(reports), 1) / 3 + 3), 3.8))
@@ -193,15 +187,12 @@ def plot_ia(reports: dict[str, dict], path: str | Path, title: str = "") -> None
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pair_ia(pairs: dict, path: str | Path, title: str = "") -> None:
     """Heatmap of the IA of v_i * v_j per field pair (one table of :func:`pair_spectra`) (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ia = np.array([[np.nan if x is None else x for x in row] for row in pairs["ia"]], dtype=float)
     n = len(pairs["fields"])
@@ -212,16 +203,25 @@ def plot_pair_ia(pairs: dict, path: str | Path, title: str = "") -> None:
     fig.colorbar(im, ax=ax, label=f"IA of v_i * v_j (max {pairs['dim']})")
     ax.set_title(title or f"{pairs['path']}: field-pair interaction inputs ({pairs['rows']} rows)", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported when a plot is drawn, not at start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write a figure as PNG atomically and close it."""
     from untwine.core.io import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    pyplot().close(fig)

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from untwine.analysis.collapse import embedding_tables
+from untwine.analysis.collapse import embedding_tables, pyplot, save_figure
 from untwine.core.batch import Batch
 from untwine.core.features import FeatureSpace
 from untwine.core.schema import FieldGroup
@@ -93,12 +93,8 @@ def entanglement_report(dist_a: np.ndarray, dist_b: np.ndarray, dist_mt: dict[st
 def plot_distances(za: np.ndarray, zb: np.ndarray, views: dict[str, np.ndarray], labels: tuple[str, str],
                    path: str | Path, title: str = "") -> None:
     """The notes' red / blue / grey curves: distance distributions of the selected pairs (PNG)."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from untwine.analysis.collapse import _save
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     lo = min(za.min(), zb.min(), *(v.min() for v in views.values()))
@@ -114,17 +110,13 @@ def plot_distances(za: np.ndarray, zb: np.ndarray, views: dict[str, np.ndarray],
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_gates(weights: np.ndarray, tasks: list[str], path: str | Path, title: str = "") -> None:
     """Distribution of each expert's gate weight, per task: (N, T, E) weights -> box plots (PNG)."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from untwine.analysis.collapse import _save
 
     n, t, e = weights.shape
     fig, axes = plt.subplots(1, t, figsize=(max(3.2, 0.6 * e + 1.5) * t, 3.4), squeeze=False, sharey=True)
@@ -137,7 +129,7 @@ def plot_gates(weights: np.ndarray, tasks: list[str], path: str | Path, title: s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @torch.no_grad()
