@@ -7,8 +7,9 @@ Every multi-task model trains on configs/<protocol>/mmoe.yaml with only ``model.
 own options) changed; ``single`` trains one DNN per task (``tasks: [t]``, towers of the same size). ``sim`` is
 the built-in simulator (1M impressions, seed 2024; click, conv1, conv2 over all impressions, conv2's
 drivers conflict with the click's), with the oracle AUC per task. ``stem_al`` (simulator only): main task
-conv1, auxiliary click with loss weight 0.2. Writes benchmarks/results/multitask/runs/*.json and
-benchmarks/results/multitask/multitask.md; the runs stay in runs/bench/multitask/ for
+conv1, auxiliary click with loss weight 0.2. Writes benchmarks/results/multitask/runs/<protocol>_*.json and
+one table per protocol, benchmarks/results/multitask/<protocol>.md, rebuilt from that protocol's JSONs only
+(so running one protocol never rewrites another's table); the runs stay in runs/bench/multitask/ for
 ``untwine analyze entanglement``.
 """
 from __future__ import annotations
@@ -86,26 +87,25 @@ def oracle(protocol: str) -> dict[str, float]:
     return {task: auc(t.column(f"p_{task}").to_numpy(), t.column(task).to_numpy()) for task in TASKS["sim"]}
 
 
-def table(recs: list[dict]) -> str:
-    lines = ["# Multi-task models (issue 5)", "", "`python benchmarks/multitask.py`", "",
+def table(p: str, recs: list[dict]) -> str:
+    lines = [f"# Multi-task models on {p.upper()} (issue 5)", "", f"`python benchmarks/multitask.py --protocols {p}`", "",
              f"Machine: {json.dumps(machine())}. Test AUC per task of the best-validation epoch (early stopping on "
              "the mean valid AUC; stem_al on conv1), mean ± std over model seeds. single = one DNN per task "
              "(parameters summed). Train samples/s: train.threads=1, runs sharing the cores: rough.", ""]
-    for p in dict.fromkeys(r["protocol"] for r in recs):
-        tasks = TASKS[p]
-        lines += [f"## {p.upper()}", ""]
-        o = oracle(p)
-        if o:
-            lines += ["Oracle (true probabilities): " + ", ".join(f"{t} {a:.4f}" for t, a in o.items()) + ".", ""]
-        lines += ["| model | seeds | " + " | ".join(f"{t} AUC" for t in tasks) + " | parameters | train samples/s |",
-                  "|---|---|" + "---|" * len(tasks) + "---|---|"]
-        for m in MODELS:
-            rs = [r for r in recs if r["protocol"] == p and r["model"] == m]
-            if rs:
-                cells = [mean_std([r["test"][t]["auc"] for r in rs]) if t in rs[0]["test"] else "-" for t in tasks]
-                lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + f" | {rs[0]['num_parameters']:,} | "
-                             f"{statistics.mean(r['train_samples_per_s'] for r in rs):,.0f} |")
-        lines.append("")
+    tasks = TASKS[p]
+    o = oracle(p)
+    if o:
+        lines += ["Oracle (true probabilities): " + ", ".join(f"{t} {a:.4f}" for t, a in o.items()) + ".", ""]
+    lines += ["| model | seeds | " + " | ".join(f"{t} AUC" for t in tasks) + " | epochs | parameters | train samples/s |",
+              "|---|---|" + "---|" * len(tasks) + "---|---|---|"]
+    for m in MODELS:
+        rs = [r for r in recs if r["model"] == m]
+        if rs:
+            cells = [mean_std([r["test"][t]["auc"] for r in rs]) if t in rs[0]["test"] else "-" for t in tasks]
+            lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) +
+                         f" | {statistics.mean(r['epochs_run'] for r in rs):.1f} | {rs[0]['num_parameters']:,} | "
+                         f"{statistics.mean(r['train_samples_per_s'] for r in rs):,.0f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -130,13 +130,17 @@ def main() -> None:
                     rec = run_model(p, m, seed, a.set)
                     write_json(OUT / "runs" / f"{p}_{m}_s{seed}.json", rec)
                     print(p, m, seed, {t: round(v["auc"], 4) for t, v in rec["test"].items() if "auc" in v}, flush=True)
-    (OUT / "multitask.md").parent.mkdir(parents=True, exist_ok=True)
-    (OUT / "multitask.md").write_text(table(load()))
-    print((OUT / "multitask.md").read_text())
+    for p in a.protocols:
+        recs = load(p)
+        if recs:
+            OUT.mkdir(parents=True, exist_ok=True)
+            (OUT / f"{p}.md").write_text(table(p, recs))
+            print((OUT / f"{p}.md").read_text())
 
 
-def load() -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
+def load(protocol: str | None = None) -> list[dict]:
+    recs = [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
+    return [r for r in recs if protocol is None or r["protocol"] == protocol]
 
 
 if __name__ == "__main__":

@@ -126,3 +126,20 @@ def test_task_weights_must_name_tasks(tmp_path):
     res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "train.task_weights={y: 0.5}", "train.epochs=1",
                               "--run-dir", str(tmp_path / "r2")])
     assert res.exit_code == 0, res.output
+
+
+def test_analyze_calibration_plots_raw_and_calibrated(tmp_path):
+    write_csv_dataset(tmp_path)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(tmp_path / "exp.yaml"), "train.calibration=platt", "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "cal"
+    res = runner.invoke(app, ["analyze", "calibration", str(run), "--out", str(out), "--bins", "4"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "calibration.json").read_text())
+    curves = report["tasks"]["y"]
+    assert set(curves) == {"raw", "calibrated"}
+    n_test = len((tmp_path / "valid.csv").read_text().splitlines()) - 1
+    assert sum(curves["raw"]["count"]) == n_test and (out / "reliability_y.png").stat().st_size > 0
+    # Platt fitted on valid (= test here) leaves the mean prediction at the rate, the raw model need not
+    assert abs(curves["calibrated"]["calibration"] - 1) < 0.02

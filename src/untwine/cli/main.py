@@ -156,6 +156,39 @@ def analyze_entanglement(run_a: Path = typer.Argument(..., exists=True, file_oka
     typer.echo(f"wrote {out}/entanglement.json and plots")
 
 
+@analyze_app.command("calibration")
+def analyze_calibration(run_dirs: List[Path] = typer.Argument(..., exists=True, file_okay=False, help="run directories"),
+                        out: Path = typer.Option(Path("runs/analysis/calibration"), help="output directory"),
+                        split: str = typer.Option("test", help="split to score"),
+                        bins: int = typer.Option(15, min=2, help="quantile bins of the reliability curve")) -> None:
+    """Reliability diagram per task: each run's raw predictions and, when it fitted one, its calibration."""
+    from untwine.analysis.calibration import plot_reliability, reliability_summary
+    from untwine.core.io import atomic_write_json
+    from untwine.train.run import load_run, run_predictions, run_split_loader
+    from untwine.train.trainer import predict
+
+    report: dict[str, dict[str, dict]] = {}
+    for run in run_dirs:
+        cfg, space, model = load_run(run)
+        tasks = space.schema.task_names
+        raw = predict(model, run_split_loader(run, cfg, space, split))
+        kinds = {"raw": run_predictions(run, cfg, tasks, raw, calibrated=False)}
+        if (run / "calibration.json").exists():
+            kinds["calibrated"] = run_predictions(run, cfg, tasks, raw)
+        for t, task in enumerate(tasks):
+            for kind, pred in kinds.items():
+                keep = pred["masks"][:, t] > 0 if "masks" in pred else slice(None)
+                name = f"{run.name} {kind}" if len(run_dirs) > 1 else kind
+                report.setdefault(task, {})[name] = reliability_summary(pred["probs"][keep, t],
+                                                                        pred["labels"][keep, t], bins)
+    for task, curves in report.items():
+        plot_reliability(curves, out / f"reliability_{task}.png", title=f"{task}: reliability on {split}")
+        for name, c in curves.items():
+            typer.echo(f"{task} {name}: calibration {c['calibration']:.4f}, ECE {c['ece']:.5f}")
+    atomic_write_json(out / "calibration.json", {"runs": [str(r) for r in run_dirs], "split": split, "tasks": report})
+    typer.echo(f"wrote {out}/calibration.json and reliability_*.png")
+
+
 @app.command()
 def simulate(out: Path = typer.Argument(..., help="directory for the log and its dataset.yaml"),
              impressions: int = typer.Option(1_000_000, help="simulated impressions"),

@@ -13,6 +13,7 @@ field; names resolve to columns through the schema::
     batch.labels             (B, T) float32; ``label_mask`` (B, T) or None; ``weights`` (B,) or None
     batch.groups             (B,) int64 group key hash, or None
     batch.timestamp          (B,) int64 event time of the sample (the target time of sequences), or None
+    batch.exposures          (B,) int64 earlier exposures of the row's (user, item) in a window, or None
     batch["user_id"]         the (B,) column of a categorical or numeric feature by name
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Batch:
     weights: Tensor | None = None
     groups: Tensor | None = None
     timestamp: Tensor | None = None
+    exposures: Tensor | None = None
     columns: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)  # name -> (block, column)
 
     def __len__(self) -> int:

@@ -85,6 +85,8 @@ def make_batch(data: SplitArrays, rows: np.ndarray | slice, columns: dict[str, t
         b.groups = torch.from_numpy(np.ascontiguousarray(take(arr["groups"])))
     if "timestamp" in arr:
         b.timestamp = torch.from_numpy(np.ascontiguousarray(take(arr["timestamp"])))
+    if "exposures" in arr:
+        b.exposures = torch.from_numpy(take(arr["exposures"]).astype(np.int64))
     return b
 
 
@@ -92,9 +94,16 @@ class BatchLoader:
     """Iterates a split in batches; ``shuffle`` for training, sequential for evaluation."""
 
     def __init__(self, data: SplitArrays, schema: Schema, batch_size: int, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, prefetch: int = 2, drop_last: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, prefetch: int = 2, drop_last: bool = False,
+                 negative_keep_rate: float = 1.0) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if not 0 < negative_keep_rate <= 1:
+            raise ValueError(f"negative_keep_rate must be in (0, 1], got {negative_keep_rate}")
+        if negative_keep_rate < 1 and not shuffle:
+            raise ValueError("negative down-sampling is for training (shuffle=True) only")
+        self.negative_keep_rate = negative_keep_rate
+        self._negatives: np.ndarray | None = None
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.rank, self.world_size, self.prefetch = rank, world_size, prefetch
         self.drop_last = drop_last
@@ -104,10 +113,26 @@ class BatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _epoch_rows(self) -> np.ndarray | None:
+        """The rows of this epoch under negative down-sampling: every row with a positive label, and
+        each row without one with probability negative_keep_rate, drawn from (seed, epoch)."""
+        if self.negative_keep_rate >= 1:
+            return None
+        if self._negatives is None:
+            self._negatives = ~(np.asarray(self.data.arrays["labels"]) > 0.5).any(axis=1)
+        keep = ~self._negatives | (np.random.default_rng([self.seed, self.epoch, 1]).random(self.data.rows)
+                                   < self.negative_keep_rate)
+        return np.flatnonzero(keep)
+
     def _batch_rows(self) -> list[np.ndarray | slice]:
         n, bs = self.data.rows, self.batch_size
         if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            subset = self._epoch_rows()
+            if subset is None:
+                perm = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            else:
+                perm = subset[np.random.default_rng([self.seed, self.epoch]).permutation(len(subset))]
+                n = len(subset)
             # sorted indices inside a batch read memory-mapped pages in order; the set is what matters
             starts = range(0, n - bs + 1 if self.drop_last else n, bs)
             parts = [np.sort(perm[s:s + bs]) for s in starts]

@@ -20,6 +20,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class RepeatExposureConfig(BaseModel):
+    """Repeated-exposure weighting: negatives of the n-th earlier exposure of a (user, item) inside the
+    window weigh w(n) = min(cap, 1 + alpha * f(n)), f = ln(1 + n) (log) or n (linear)."""
+
+    model_config = ConfigDict(extra="forbid")
+    item: str  # the categorical feature naming the ad / item
+    user: str | None = None  # default: the schema's group_key
+    window_seconds: int | None = Field(86400, ge=0)  # None: the whole log
+    alpha: float = Field(0.5, ge=0)
+    form: Literal["log", "linear"] = "log"
+    cap: float = Field(4.0, ge=1)
+    tasks: list[str] | None = None  # the tasks whose negatives are weighted (default: the first task)
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(1024, ge=1)
@@ -41,6 +55,16 @@ class TrainConfig(BaseModel):
     progress: bool = True
     tensorboard: bool = False
     max_steps_per_epoch: int | None = Field(None, ge=1)  # for smoke runs and throughput probes
+    # losses (SPEC 5): BCE + ranking_weight * pairwise logistic loss, pairs in the batch or in a group key
+    ranking_weight: float = Field(0.0, ge=0)
+    ranking_pairs: int | None = Field(16, ge=1)  # negatives drawn per positive; None: every pair
+    ranking_scope: Literal["batch", "group"] = "batch"
+    repeat_exposure: RepeatExposureConfig | None = None
+    # keep this fraction of the training rows with no positive label (resampled every epoch); predictions
+    # are corrected back to the true rate, q = p / (p + (1 - p) / rate)
+    negative_keep_rate: float = Field(1.0, gt=0, le=1)
+    # fitted per task on the validation predictions after training; test metrics reported both ways
+    calibration: Literal["none", "mean", "platt", "isotonic"] = "none"
 
 
 class ModelSection(BaseModel):

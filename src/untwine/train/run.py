@@ -8,7 +8,8 @@ Run directory::
     best.safetensors      weights of the best validation epoch
     last.pt               resumable state (weights, optimizers, epoch, early-stopping state)
     metrics.jsonl         one record per epoch and split
-    result.json           final valid and test metrics, throughput, timings
+    calibration.json      per-task calibrators fitted on validation (train.calibration), plain JSON
+    result.json           final valid and test metrics (and test_calibrated), throughput, timings
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from untwine.core.features import FeatureSpace
 from untwine.core.io import atomic_write_json, atomic_write_text
 from untwine.core.paths import cache_root
 from untwine.data.encode import PreparedData, prepare
+from untwine.data.exposure import split_exposure_counts
 from untwine.data.loader import BatchLoader, SplitArrays
+from untwine.metrics.calibration import calibrator_from_dict, fit_calibrator
 from untwine.models.base import build_model
 from untwine.nn.embedding import SequenceField
 from untwine.train.config import ExperimentConfig, TrainConfig
@@ -83,19 +86,63 @@ def check_monitor(tc: TrainConfig, spec: DatasetSpec) -> None:
         raise ValueError(f"train.monitor=gauc needs a group_key in the schema of {spec.name!r}")
 
 
+def attach_exposures(splits: dict[str, SplitArrays], spec: DatasetSpec, cfg: TrainConfig) -> None:
+    """Put each row's earlier-exposure count of its (user, item) into the split arrays (for REW)."""
+    r = cfg.repeat_exposure
+    schema = spec.schema
+    user = r.user or schema.group_key
+    if user is None:
+        raise ValueError(f"train.repeat_exposure needs a user feature: set repeat_exposure.user, or a group_key "
+                         f"in the schema of {spec.name!r}")
+    cats = [f.name for f in schema.categorical]
+    for name in (user, r.item):
+        if name not in cats:
+            raise ValueError(f"train.repeat_exposure: {name!r} is not a categorical feature of {spec.name!r} "
+                             f"(categorical features: {cats})")
+    if not schema.timestamp:
+        raise ValueError(f"train.repeat_exposure counts exposures in time: the schema of {spec.name!r} "
+                         f"needs a timestamp column")
+    ju, ji = cats.index(user), cats.index(r.item)
+    counts = split_exposure_counts({s: (d.arrays["categorical"][:, ju], d.arrays["categorical"][:, ji],
+                                        d.arrays["timestamp"]) for s, d in splits.items()}, r.window_seconds)
+    for s, d in splits.items():
+        d.arrays["exposures"] = counts[s]
+
+
 def make_loaders(prepared: PreparedData, spec: DatasetSpec, cfg: TrainConfig, info: DistInfo):
     schema = spec.schema
+    splits = {s: SplitArrays.open(prepared, s) for s in ("train", "valid", "test") if s in prepared.arrays}
+    if cfg.repeat_exposure is not None:
+        attach_exposures(splits, spec, cfg)
     loaders = {}
     for split in ("train", "valid", "test"):
-        if split not in prepared.arrays:
+        if split not in splits:
             loaders[split] = None
             continue
-        data = SplitArrays.open(prepared, split)
         train = split == "train"
-        loaders[split] = BatchLoader(data, schema, cfg.batch_size if train else cfg.eval_batch_size,
+        loaders[split] = BatchLoader(splits[split], schema, cfg.batch_size if train else cfg.eval_batch_size,
                                      shuffle=train, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
-                                     drop_last=False)
+                                     drop_last=False, negative_keep_rate=cfg.negative_keep_rate if train else 1.0)
     return loaders
+
+
+def fit_calibration(pred: dict[str, np.ndarray], tasks: list[str], method: str) -> dict[str, dict]:
+    """One calibrator per task, fitted on the rows its mask counts; tasks with one class only are skipped."""
+    out = {}
+    for t, name in enumerate(tasks):
+        keep = pred["masks"][:, t] > 0 if "masks" in pred else slice(None)
+        y = pred["labels"][keep, t]
+        if len(y) and 0 < y.mean() < 1:
+            out[name] = fit_calibrator(method, pred["probs"][keep, t], y).to_dict()
+    return out
+
+
+def apply_calibration(pred: dict[str, np.ndarray], tasks: list[str], calibration: dict[str, dict]) -> dict:
+    probs = pred["probs"].copy()
+    for t, name in enumerate(tasks):
+        if name in calibration:
+            probs[:, t] = calibrator_from_dict(calibration[name])(probs[:, t])
+    return {**pred, "probs": probs}
 
 
 @dataclass
@@ -112,6 +159,7 @@ class RunResult:
     num_parameters: int
     valid: dict
     test: dict
+    test_calibrated: dict | None = None
     model_object: object = field(default=None, repr=False, compare=False)  # the trained nn.Module
 
     def to_dict(self) -> dict:
@@ -159,13 +207,26 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
     t1 = time.perf_counter()
     fit = trainer.fit(loaders["train"], loaders["valid"], resume=resume)
     fit_seconds = time.perf_counter() - t1
-    valid = trainer.evaluate(loaders["valid"]) if loaders["valid"] is not None else {}
-    test = trainer.evaluate(loaders["test"]) if loaders["test"] is not None else {}
+    tasks = spec.schema.task_names
+    valid_pred = trainer.predict(loaders["valid"]) if loaders["valid"] is not None else None
+    test_pred = trainer.predict(loaders["test"]) if loaders["test"] is not None else None
+    valid = task_metrics(valid_pred, tasks) if valid_pred is not None else {}
+    test = task_metrics(test_pred, tasks) if test_pred is not None else {}
+    test_calibrated = None
+    if tc.calibration != "none":
+        if valid_pred is None:
+            raise ValueError(f"train.calibration={tc.calibration} is fitted on the validation split; "
+                             f"{spec.name!r} has none")
+        calibration = fit_calibration(valid_pred, tasks, tc.calibration)
+        if info.is_main:
+            atomic_write_json(run_dir / "calibration.json", calibration)
+        if test_pred is not None:
+            test_calibrated = task_metrics(apply_calibration(test_pred, tasks, calibration), tasks)
     result = RunResult(run_dir=str(run_dir), model=cfg.model.name, dataset=spec.name, seed=tc.seed,
                        best_epoch=fit.best_epoch, epochs_run=fit.epochs_run,
                        train_samples_per_s=fit.train_samples_per_s, prepare_seconds=prepare_seconds,
                        fit_seconds=fit_seconds, num_parameters=n_params, valid=valid, test=test,
-                       model_object=model)
+                       test_calibrated=test_calibrated, model_object=model)
     if info.is_main:
         trainer._log_jsonl({"split": "test", "epoch": fit.best_epoch, "metrics": test})
         atomic_write_json(run_dir / "result.json", result.to_dict())
@@ -199,4 +260,19 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "
     """Score a split with a finished run's best weights, encoding with the run's own vocabularies."""
     cfg, space, model = load_run(run_dir)
     loader = run_split_loader(run_dir, cfg, space, split, dataset, batch_size)
-    return task_metrics(gather_arrays(predict(model, loader), DistInfo()), space.schema.task_names)
+    tasks = space.schema.task_names
+    return task_metrics(run_predictions(run_dir, cfg, tasks, predict(model, loader)), tasks)
+
+
+def run_predictions(run_dir: str | Path, cfg: ExperimentConfig, tasks: list[str], pred: dict[str, np.ndarray],
+                    calibrated: bool = True) -> dict:
+    """A model's predictions as its run reports them: down-sampling corrected, then (``calibrated``) mapped
+    through the run's calibration.json when it has one."""
+    if cfg.train.negative_keep_rate < 1:
+        from untwine.metrics.calibration import downsampling_correction
+
+        pred = {**pred, "probs": downsampling_correction(pred["probs"], cfg.train.negative_keep_rate)}
+    path = Path(run_dir) / "calibration.json"
+    if calibrated and path.exists():
+        pred = apply_calibration(pred, tasks, json.loads(path.read_text()))
+    return pred

@@ -21,9 +21,10 @@ from torch import nn
 from untwine.core.io import atomic_path
 from untwine.data.loader import BatchLoader
 from untwine.metrics import binary_report
+from untwine.metrics.calibration import downsampling_correction
 from untwine.nn.embedding import FieldEmbedding
 from untwine.train.config import TrainConfig
-from untwine.train.losses import multitask_bce
+from untwine.train.losses import RankingLoss, RepeatExposureWeight, multitask_bce
 
 CHECKPOINT_VERSION = 1
 
@@ -160,6 +161,17 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[info.device] if info.device != "cpu" else None, forward_sync_buffers=False)
         self._tb = None
+        self.ranking = RankingLoss(cfg.ranking_weight, cfg.ranking_pairs, cfg.ranking_scope) \
+            if cfg.ranking_weight > 0 else None
+        self.rew = None
+        if cfg.repeat_exposure is not None:
+            names = cfg.repeat_exposure.tasks or tasks[:1]
+            unknown = sorted(set(names) - set(tasks))
+            if unknown:
+                raise ValueError(f"train.repeat_exposure.tasks names {unknown}, which are not tasks {tasks}")
+            r = cfg.repeat_exposure
+            self.rew = RepeatExposureWeight(tuple(tasks.index(t) for t in names), r.alpha, r.form, r.cap)
+        self._pairs_rng = torch.Generator(device=info.device).manual_seed(cfg.seed + 7919 * info.rank)
 
     # ---- monitoring
     def score(self, metrics: dict[str, dict[str, float]]) -> float:
@@ -168,10 +180,16 @@ class Trainer:
         value = metrics[key][self.cfg.monitor]
         return -value if self.cfg.monitor == "logloss" else value
 
-    def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
+    def predict(self, loader: BatchLoader) -> dict[str, np.ndarray]:
+        """Every rank's predictions, back on the true rate when training down-sampled negatives."""
         # the unwrapped model: ranks may score different numbers of batches, so no collective per forward
         pred = gather_arrays(predict(self.raw_model, loader, self.info.device), self.info)
-        return task_metrics(pred, self.tasks)
+        if self.cfg.negative_keep_rate < 1:
+            pred["probs"] = downsampling_correction(pred["probs"], self.cfg.negative_keep_rate).astype(np.float32)
+        return pred
+
+    def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
+        return task_metrics(self.predict(loader), self.tasks)
 
     # ---- logging
     def _log_jsonl(self, record: dict) -> None:
@@ -300,7 +318,7 @@ class Trainer:
             if self.info.device != "cpu":
                 batch = batch.to(self.info.device, non_blocking=True)
             out = self.model(batch)
-            loss, _ = multitask_bce(out, batch, self.task_weights)
+            loss, _ = multitask_bce(out, batch, self.task_weights, self.ranking, self.rew, self._pairs_rng)
             for o in self.optimizers:
                 o.zero_grad(set_to_none=True)
             loss.backward()
