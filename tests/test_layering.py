@@ -1,4 +1,4 @@
-"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim -> cli (checked on the AST)."""
+"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim/stream -> cli (checked on the AST)."""
 import ast
 from pathlib import Path
 
@@ -15,7 +15,8 @@ ALLOWED = {
     "train": {"core", "data", "nn", "models", "metrics", "train"},
     "sim": {"core", "metrics", "sim"},
     "analysis": {"core", "data", "nn", "models", "metrics", "train", "analysis"},
-    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "cli"},
+    "stream": {"core", "data", "nn", "models", "metrics", "train", "stream"},
+    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "stream", "cli"},
 }
 
 

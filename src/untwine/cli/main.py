@@ -192,11 +192,77 @@ def analyze_calibration(run_dirs: List[Path] = typer.Argument(..., exists=True, 
 @app.command()
 def simulate(out: Path = typer.Argument(..., help="directory for the log and its dataset.yaml"),
              impressions: int = typer.Option(1_000_000, help="simulated impressions"),
-             seed: int = typer.Option(2024)) -> None:
+             seed: int = typer.Option(2024),
+             events: Optional[str] = typer.Option(None, help="also write these splits (e.g. valid,test) as an "
+                                                              "event stream OUT/events.jsonl for untwine stream")) -> None:
     """Write the built-in simulator's ads log as a dataset (train / valid / test parquet + dataset.yaml)."""
-    from untwine.sim import SimConfig, write_dataset
+    from untwine.sim import SimConfig, run, write_log
+    from untwine.sim.events import write_events
+    from untwine.sim.writer import split_rows
 
-    typer.echo(f"wrote {write_dataset(SimConfig(n_impressions=impressions, seed=seed), out)}")
+    log = run(SimConfig(n_impressions=impressions, seed=seed))
+    typer.echo(f"wrote {write_log(log, out)}")
+    if events:
+        splits = split_rows(log)
+        names = [x.strip() for x in events.split(",") if x.strip()]
+        order = list(splits)
+        bad = [x for x in names if x not in splits]
+        idx = sorted(order.index(x) for x in names if x in splits)
+        if bad or not names or idx != list(range(idx[0], idx[-1] + 1)):
+            raise typer.BadParameter(f"--events takes adjacent splits of {order}, e.g. valid,test; got {events!r}")
+        rows = slice(splits[order[idx[0]]].start, splits[order[idx[-1]]].stop)
+        counts = write_events(log, out / "events.jsonl", rows, seed=seed)
+        typer.echo(f"wrote {out / 'events.jsonl'}: {counts}")
+
+
+@app.command()
+def stream(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="a trained run to start from"),
+           source: str = typer.Argument(..., help="events: a JSON-lines file, - for stdin, or "
+                                                  "redis://HOST:PORT/DB?stream=NAME"),
+           out: Path = typer.Option(..., "--out", "-o", help="stream state: checkpoints, progressive.jsonl"),
+           tasks: Optional[str] = typer.Option(None, help="label types to join (default: the run's tasks)"),
+           window: List[str] = typer.Option([], help="initial window TASK=SECONDS (repeatable; default 3600)"),
+           adaptive: bool = typer.Option(True, help="windows follow a quantile of the observed delays"),
+           quantile: float = typer.Option(0.95, help="delay quantile of the adaptive windows"),
+           max_window: float = typer.Option(7 * 86400.0, help="upper bound of a window, seconds"),
+           late: str = typer.Option("correction", help="late labels: ignore | correction | fake_negative"),
+           batch_size: int = typer.Option(512, min=1),
+           lr: Optional[float] = typer.Option(None, help="learning rate (default: the run's)"),
+           checkpoint_every: int = typer.Option(50_000, min=1, help="events between checkpoints"),
+           eval_every: int = typer.Option(10_000, min=1, help="samples per progressive-validation record"),
+           drain: bool = typer.Option(False, help="at the end of the source, close every open window"),
+           max_events: Optional[int] = typer.Option(None, min=1, help="stop after this many events"),
+           block_ms: Optional[int] = typer.Option(None, help="Redis: wait this long for new events before stopping"),
+           threads: Optional[int] = typer.Option(None, min=1, help="torch threads")) -> None:
+    """Train a run online from an event stream: join delayed labels, progressive validation, atomic
+    checkpoints with the stream position (a restart resumes without loss or double counting)."""
+    import torch
+
+    from untwine.stream.events import open_source
+    from untwine.stream.joiner import JoinerConfig
+    from untwine.stream.learner import StreamConfig, StreamLearner
+    from untwine.train.run import load_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    windows = {}
+    for w in window:
+        name, _, value = w.partition("=")
+        try:
+            windows[name] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"--window takes TASK=SECONDS, got {w!r}") from None
+    task_list = [t.strip() for t in tasks.split(",")] if tasks else load_run(run_dir)[1].schema.task_names
+    try:
+        jc = JoinerConfig(tasks=task_list, windows=windows, adaptive=adaptive, quantile=quantile,
+                          max_window_s=max_window, late=late)
+        learner = StreamLearner(run_dir, out, StreamConfig(joiner=jc, batch_size=batch_size, lr=lr,
+                                                           checkpoint_every=checkpoint_every, eval_every=eval_every),
+                                log=typer.echo)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    summary = learner.consume(open_source(source, block_ms=block_ms), drain=drain, max_events=max_events)
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @data_app.command("prepare")

@@ -282,7 +282,7 @@ def _pad_lists(lists: pa.ListArray, ids: np.ndarray, max_len: int, keep: str, dt
 
 
 def _encode_chunk(chunk: pa.Table, schema: Schema, vocabs: dict[str, Vocab], stats: dict[str, NumericStats],
-                  path_hint: str) -> dict[str, np.ndarray]:
+                  path_hint: str, labels: bool = True) -> dict[str, np.ndarray]:
     n = chunk.num_rows
     out: dict[str, np.ndarray] = {}
     cats = schema.categorical
@@ -317,6 +317,12 @@ def _encode_chunk(chunk: pa.Table, schema: Schema, vocabs: dict[str, Vocab], sta
             out[f"seq.{f.name}.{side}"] = _pad_lists(side_lists, sids, f.max_len, keep="last")
     for f in schema.vectors:
         out[f"vec.{f.name}"] = _vector_block(chunk.column(f.source), f, path_hint)
+    if not labels:
+        if schema.timestamp:
+            out["timestamp"] = _timestamps(chunk.column(schema.timestamp), schema.timestamp, path_hint)
+        if schema.group_key:
+            out["groups"] = fnv1a64(chunk.column(schema.group_key)).view(np.int64)
+        return out
     labels = []
     for lab in schema.labels:
         y = chunk.column(lab.source).to_numpy(zero_copy_only=False)
@@ -478,7 +484,7 @@ def encode_with_vocab(spec: DatasetSpec, space: FeatureSpace, vocab_dir: Path, s
         raise ValueError(f"dataset {spec.name!r} has a different schema from the one the run was trained on")
     validate_against_files(spec, (split,))
     schema = space.schema
-    vocabs = {f.name: Vocab.load(Path(vocab_dir) / f.name) for f in space.sparse_features() if f.vocab_from is None}
+    vocabs = load_vocabs(space, vocab_dir)
     digest = hashlib.sha256()
     for name in sorted(vocabs):
         digest.update((Path(vocab_dir) / f"{name}.parquet").read_bytes())
@@ -496,6 +502,60 @@ def encode_with_vocab(spec: DatasetSpec, space: FeatureSpace, vocab_dir: Path, s
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return load_prepared(root)
+
+
+def load_vocabs(space: FeatureSpace, vocab_dir: Path) -> dict[str, Vocab]:
+    """The vocabularies a run was trained with, one per vocabulary-owning feature."""
+    return {f.name: Vocab.load(Path(vocab_dir) / f.name) for f in space.sparse_features() if f.vocab_from is None}
+
+
+def table_from_records(records: list[dict], schema: Schema, where: str = "records") -> pa.Table:
+    """Feature records (JSON objects: column -> value) as an arrow table typed as the file readers type
+    them: strings for categorical / multi-valued / sequence columns (lists are joined with the feature's
+    delimiter), float64 for numeric and timestamp columns, float32 lists for vectors. A missing column
+    is a null (MISSING, or NaN for numbers), except the timestamp, which is required."""
+    types = column_types(schema)
+    delims = {f.source: f.delimiter for f in schema.features if f.kind in (FeatureKind.MULTI_CATEGORICAL, FeatureKind.SEQUENCE)}
+    for f in schema.sequences:
+        for col in (f.timestamps, *f.side_fields):
+            if col:
+                delims[col] = f.delimiter
+    label_cols = {lab.source for lab in schema.labels} | {lab.mask_column for lab in schema.labels if lab.mask_column}
+    cols: dict[str, pa.Array] = {}
+    for name in types.strings:
+        d = delims.get(name)
+        vals = []
+        for r in records:
+            v = r.get(name)
+            if isinstance(v, list):
+                if d is None:
+                    raise BadInputError(f"{where}: column {name!r}: expected one value, found a list")
+                v = d.join(str(x) for x in v)
+            vals.append(None if v is None else str(v))
+        cols[name] = pa.array(vals, pa.string())
+    for name in types.numbers:
+        if name in label_cols or name == schema.weight:
+            continue
+        vals = [r.get(name) for r in records]
+        for i, v in enumerate(vals):
+            if v is not None and not isinstance(v, (int, float)):
+                raise BadInputError(f"{where}: record {i + 1}, column {name!r}: expected a number, found {v!r}")
+            if v is None and name == schema.timestamp:
+                raise BadInputError(f"{where}: record {i + 1}: the timestamp column {name!r} is missing")
+        cols[name] = pa.array([float("nan") if v is None else float(v) for v in vals], pa.float64())
+    for name in types.lists:
+        vals = [r.get(name) for r in records]
+        for i, v in enumerate(vals):
+            if not isinstance(v, list):
+                raise BadInputError(f"{where}: record {i + 1}, column {name!r}: expected a list of numbers, found {v!r}")
+        cols[name] = pa.array(vals, pa.list_(pa.float32()))
+    return pa.table(cols) if cols else pa.table({"_": pa.nulls(len(records))})
+
+
+def encode_features(table: pa.Table, space: FeatureSpace, vocabs: dict[str, Vocab], where: str = "rows") -> dict[str, np.ndarray]:
+    """Encode in-memory rows (streaming, serving) with fitted vocabularies: the feature arrays, group
+    and timestamp of ``prepare``, no labels. Unseen values map to OOV."""
+    return _encode_chunk(table, space.schema, vocabs, space.numeric_stats, where, labels=False)
 
 
 def load_prepared(root: Path) -> PreparedData:
