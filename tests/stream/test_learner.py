@@ -22,7 +22,7 @@ QUIET = dict(log=lambda *_: None)
 def config(late="correction", every=700):
     return StreamConfig(joiner=JoinerConfig(tasks=TASKS, windows={"click": 120, "conv1": 3600, "conv2": 86400},
                                             late=late, min_delays=20),
-                        batch_size=128, checkpoint_every=every, eval_every=400)
+                        batch_size=128, checkpoint_every=every, eval_every=400, log_predictions=True)
 
 
 def test_stream_trains_on_every_impression_once_per_task(sim_stream, tmp_path):
@@ -79,7 +79,10 @@ def test_crash_and_restart_equals_the_uninterrupted_run(sim_stream, tmp_path):
     assert s_res["joiner"] == s_full["joiner"] and s_res["trained"] == s_full["trained"]
     wf, wr = full.model_weights(), resumed.model_weights()
     assert all(torch.equal(wf[k], wr[k]) for k in wf)  # the same batches in the same order
-    assert (tmp_path / "crash" / "progressive.jsonl").read_text() == (tmp_path / "full" / "progressive.jsonl").read_text()
+    for log in ("progressive.jsonl", "predictions.csv"):
+        assert (tmp_path / "crash" / log).read_text() == (tmp_path / "full" / log).read_text()
+    n = sim_stream["counts"]["impressions"]
+    assert len((tmp_path / "full" / "predictions.csv").read_text().splitlines()) == 1 + 3 * n
 
 
 def test_killed_process_resumes_from_its_checkpoint(sim_stream, tmp_path):

@@ -231,6 +231,7 @@ def stream(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, hel
            checkpoint_every: int = typer.Option(50_000, min=1, help="events between checkpoints"),
            eval_every: int = typer.Option(10_000, min=1, help="samples per progressive-validation record"),
            drain: bool = typer.Option(False, help="at the end of the source, close every open window"),
+           log_predictions: bool = typer.Option(False, help="also write every sample's prediction to OUT/predictions.csv"),
            max_events: Optional[int] = typer.Option(None, min=1, help="stop after this many events"),
            block_ms: Optional[int] = typer.Option(None, help="Redis: wait this long for new events before stopping"),
            threads: Optional[int] = typer.Option(None, min=1, help="torch threads")) -> None:
@@ -257,7 +258,8 @@ def stream(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, hel
         jc = JoinerConfig(tasks=task_list, windows=windows, adaptive=adaptive, quantile=quantile,
                           max_window_s=max_window, late=late)
         learner = StreamLearner(run_dir, out, StreamConfig(joiner=jc, batch_size=batch_size, lr=lr,
-                                                           checkpoint_every=checkpoint_every, eval_every=eval_every),
+                                                           checkpoint_every=checkpoint_every, eval_every=eval_every,
+                                                           log_predictions=log_predictions),
                                 log=typer.echo)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -7,7 +7,9 @@
 ``out_dir`` holds ``ckpt-<n>/`` (the last ``keep_checkpoints``) (``model.safetensors``, ``optimizers.pt`` of tensors only,
 ``state.json``: source position, joiner state, counters), ``LATEST`` naming the newest complete
 checkpoint, and ``progressive.jsonl`` (one record per ``eval_every`` samples: per-task AUC, log loss,
-calibration of predictions made before the update). A checkpoint is taken after every
+calibration of predictions made before the update) and, with ``log_predictions``, ``predictions.csv``
+(every primary sample's id, task, impression time, prediction before the update and joined label:
+to measure the stream against true labels later). A checkpoint is taken after every
 ``checkpoint_every`` events, once the samples emitted so far are trained on, so its weights, joiner
 state and position agree: after a crash the learner restarts from ``LATEST`` and re-reads the events
 after its position, neither losing nor double-counting any.
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from untwine.core.io import atomic_path, atomic_write_json, atomic_write_text
+from untwine.core.io import atomic_write_json, atomic_write_text
 from untwine.data.encode import encode_features, load_vocabs, table_from_records
 from untwine.data.loader import SplitArrays, column_index, make_batch
 from untwine.metrics import binary_report
@@ -45,6 +47,7 @@ class StreamConfig:
     checkpoint_every: int = 50_000  # events
     eval_every: int = 10_000  # primary samples per progressive-validation record
     keep_checkpoints: int = 2
+    log_predictions: bool = False  # also append (id, task, ts, prediction, joined label) per sample to predictions.csv
 
 
 @dataclass
@@ -72,7 +75,7 @@ class StreamLearner:
         self.position: int | str | None = None
         self.events = 0
         self.trained = {"samples": 0, "corrections": 0, "steps": 0}
-        self.progressive_lines = 0
+        self.log_sizes = {"progressive.jsonl": 0, "predictions.csv": 0}  # bytes the last checkpoint accounts for
         self.checkpoints = 0
         self.window = _Window()
         self.buffer: list[Sample] = []
@@ -136,6 +139,14 @@ class StreamLearner:
             out = self.model(batch)
             probs = torch.sigmoid(torch.stack(list(out.values()), dim=1)).numpy()[rows, t_idx]
         self.model.train()
+        if self.cfg.log_predictions:
+            path = self.out / "predictions.csv"
+            new = not path.exists() or path.stat().st_size == 0
+            with open(path, "a") as fh:
+                if new:
+                    fh.write("id,task,ts,prediction,label\n")
+                fh.writelines(f"{s.id},{s.task},{s.ts:.0f},{p:.6g},{s.label:.0f}\n"
+                              for s, p in zip(samples, probs) if not s.correction)
         for s, p in zip(samples, probs):
             if not s.correction:
                 self.window.probs.setdefault(s.task, []).append(float(p))
@@ -169,7 +180,6 @@ class StreamLearner:
                                   if 0 < ys.sum() < len(ys) else {})}
         with open(self.out / "progressive.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        self.progressive_lines += 1
         self.window = _Window()
 
     # ---- checkpoints
@@ -179,6 +189,7 @@ class StreamLearner:
         self.buffer = []
         self.checkpoints += 1
         name = f"ckpt-{self.checkpoints:08d}"
+        self.log_sizes = {k: (self.out / k).stat().st_size if (self.out / k).exists() else 0 for k in self.log_sizes}
         final = self.out / name
         tmp = self.out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +197,7 @@ class StreamLearner:
         save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
         torch.save([o.state_dict() for o in self.optimizers], tmp / "optimizers.pt")
         state = {"version": STATE_VERSION, "run_dir": str(self.run_dir), "position": self.position,
-                 "events": self.events, "checkpoints": self.checkpoints, "trained": self.trained, "progressive_lines": self.progressive_lines,
+                 "events": self.events, "checkpoints": self.checkpoints, "trained": self.trained, "log_sizes": self.log_sizes,
                  "window": asdict(self.window), "joiner_config": asdict(self.cfg.joiner),
                  "joiner": self.joiner.state()}
         atomic_write_json(tmp / "state.json", state)
@@ -200,7 +211,8 @@ class StreamLearner:
     def _restore(self) -> None:
         latest = self.out / "LATEST"
         if not latest.exists():
-            (self.out / "progressive.jsonl").unlink(missing_ok=True)
+            for k in self.log_sizes:
+                (self.out / k).unlink(missing_ok=True)
             return
         ckpt = self.out / latest.read_text().strip()
         state = json.loads((ckpt / "state.json").read_text())
@@ -217,13 +229,13 @@ class StreamLearner:
         self.checkpoints = int(state["checkpoints"])
         self.trained = state["trained"]
         self.window = _Window(**state["window"])
-        # progressive records written after this checkpoint belong to events that will be replayed
-        self.progressive_lines = int(state["progressive_lines"])
-        path = self.out / "progressive.jsonl"
-        if path.exists():
-            lines = path.read_text().splitlines(keepends=True)[: self.progressive_lines]
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(lines))
+        # log lines written after this checkpoint belong to events that will be replayed: cut them
+        self.log_sizes = {k: int(v) for k, v in state["log_sizes"].items()}
+        for k, size in self.log_sizes.items():
+            path = self.out / k
+            if path.exists() and path.stat().st_size > size:
+                with open(path, "r+b") as fh:
+                    fh.truncate(size)
         self.log(f"resumed {self.out} from {ckpt.name}: {self.events} events, position {self.position}")
 
     def model_weights(self) -> dict[str, torch.Tensor]:
