@@ -54,6 +54,19 @@ def test_analyze_entanglement_cli(tmp_path):
     report = json.loads((out / "entanglement.json").read_text())
     assert report["tasks"] == ["y1", "y2"] and report["user"] == "u" and report["item"] == "i"
     assert report["pairs"] == n and report["selected"] == 60
-    assert set(report["views"]) == {f"multi-task stem tables.{k}" for k in range(3)}  # shared + one per task
+    # STEM names its tables: the shared one, then one per task
+    assert list(report["views"]) == ["multi-task stem shared", "multi-task stem y1 table", "multi-task stem y2 table"]
     assert len(report["gates"]["y1"]) == 3  # shared expert, then each task's
     assert (out / "distances.png").stat().st_size > 1000 and (out / "gates.png").stat().st_size > 1000
+
+
+def test_distance_plot_draws_every_view(tmp_path, monkeypatch):
+    from untwine.analysis import entanglement
+
+    drawn = {}
+    monkeypatch.setattr(entanglement, "save_figure", lambda fig, path: drawn.update(
+        labels=[t.get_text() for t in fig.axes[0].get_legend().get_texts()]))
+    rng = np.random.default_rng(0)
+    views = {f"view {k}": rng.normal(size=100) for k in range(5)}
+    entanglement.plot_distances(rng.normal(size=100), rng.normal(size=100), views, ("a", "b"), tmp_path / "d.png")
+    assert drawn["labels"] == ["single-task a", "single-task b", *views]

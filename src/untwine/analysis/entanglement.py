@@ -102,7 +102,7 @@ def plot_distances(za: np.ndarray, zb: np.ndarray, views: dict[str, np.ndarray],
     bins = np.linspace(lo, hi, 50)
     ax.hist(za, bins=bins, density=True, histtype="step", linewidth=2, color="tab:red", label=f"single-task {labels[0]}")
     ax.hist(zb, bins=bins, density=True, histtype="step", linewidth=2, color="tab:blue", label=f"single-task {labels[1]}")
-    greys = ["0.35", "0.6", "0.8"]
+    greys = [f"{g:.2f}" for g in np.linspace(0.3, 0.8, max(len(views), 1))]  # one shade per view, however many
     for (name, z), colour in zip(views.items(), greys):
         ax.hist(z, bins=bins, density=True, histtype="stepfilled", alpha=0.45, color=colour, label=name)
     ax.set_xlabel("user-item embedding distance, z-scored per model (selected pairs)")

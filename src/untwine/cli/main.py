@@ -132,8 +132,10 @@ def analyze_entanglement(run_a: Path = typer.Argument(..., exists=True, file_oka
 
     da, db = distances(*loaded[0]), distances(*loaded[1])
     run, cfg, space, model = loaded[2]
-    views = {f"multi-task {cfg.model.name} {path}": distances(run, cfg, space, model, k)
-             for k, (path, _) in enumerate(embedding_tables(model))}
+    tables = embedding_tables(model)
+    names = model.table_names() if hasattr(model, "table_names") else [path for path, _ in tables]
+    views = {f"multi-task {cfg.model.name} {name}": distances(run, cfg, space, model, k)
+             for k, name in enumerate(names[:len(tables)])}
     if not (len(da) == len(db) and all(len(v) == len(da) for v in views.values())):
         raise typer.BadParameter("the three runs must be trained on the same data (their splits differ in length)")
     tasks = [loaded[0][1].tasks[0] if loaded[0][1].tasks else loaded[0][2].schema.task_names[0],

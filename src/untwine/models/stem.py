@@ -35,6 +35,10 @@ class STEM(RankingModel):
         """How many experts task ``task``'s gate mixes: the shared ones and every task's."""
         return self.config.shared_experts + len(self.tasks) * self.config.task_experts
 
+    def table_names(self) -> list[str]:
+        """What each embedding table is for, in module order (analysis plots label tables with these)."""
+        return ["shared", *(f"{t} table" for t in self.tasks)]
+
     def _flats(self, batch: Batch) -> list[Tensor]:
         return [flat for _, flat in self.tables.embed(batch)]
 
