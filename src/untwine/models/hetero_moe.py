@@ -182,6 +182,10 @@ class HeteroMoE(RankingModel):
                 allowed[t, idx] = True
         return allowed
 
+    def table_names(self) -> list[str]:
+        """Each embedding table by index and width, in module order (analysis plots label tables with these)."""
+        return [f"table {k} ({w}-d)" for k, w in enumerate(self.config.table_widths())]
+
     def expert_outputs(self, batch: Batch) -> tuple[Tensor, list[Tensor]]:
         """(B, E, H) projected experts and each table's flat input."""
         embedded = self.tables.embed(batch)
