@@ -1,4 +1,4 @@
-"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim/stream -> cli (checked on the AST)."""
+"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim/stream/explore -> cli (checked on the AST)."""
 import ast
 from pathlib import Path
 
@@ -16,7 +16,8 @@ ALLOWED = {
     "sim": {"core", "metrics", "sim"},
     "analysis": {"core", "data", "nn", "models", "metrics", "train", "analysis"},
     "stream": {"core", "data", "nn", "models", "metrics", "train", "stream"},
-    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "stream", "cli"},
+    "explore": {"core", "data", "nn", "models", "metrics", "train", "sim", "explore"},
+    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "stream", "explore", "cli"},
 }
 
 
