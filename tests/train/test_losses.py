@@ -128,3 +128,15 @@ def test_rew_weights_only_negatives_of_repeated_exposures_on_chosen_tasks():
     assert per["conv"].item() == pytest.approx(F.binary_cross_entropy_with_logits(z, y[:, 1]).item(), rel=1e-6)
     with pytest.raises(ValueError, match="exposures"):
         multitask_bce({"click": z}, Batch(labels=y[:, :1]), [1.0], rew=rew)
+
+
+def test_per_row_normalisation_weighs_every_row_alike():
+    z = torch.tensor([0.2, -0.4, 1.0, 0.3])
+    y = torch.tensor([[1., 0.], [0., 0.], [0., 1.], [1., 0.]])
+    mask = torch.tensor([[1., 0.], [1., 0.], [0., 1.], [1., 0.]])  # task b counts one row of four
+    b = Batch(labels=y, label_mask=mask)
+    _, per_task = multitask_bce({"a": z, "b": z}, b, [1.0, 1.0])
+    _, per_row = multitask_bce({"a": z, "b": z}, b, [1.0, 1.0], per_row=True)
+    bce_b = F.binary_cross_entropy_with_logits(z[2], y[2, 1]).item()
+    assert per_task["b"].item() == pytest.approx(bce_b) and per_row["b"].item() == pytest.approx(bce_b / 4)
+    assert per_row["a"].item() == pytest.approx(per_task["a"].item() * 3 / 4)

@@ -160,7 +160,7 @@ class StreamLearner:
             y = torch.tensor([s.label for s in samples])
             batch.weights = torch.where(y > 0.5, 1 + f, (1 - f) * (1 + f))
         out = self.model(batch)
-        loss, _ = multitask_bce(out, batch, self.task_weights)
+        loss, _ = multitask_bce(out, batch, self.task_weights, per_row=True)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()

@@ -123,12 +123,16 @@ def task_row_weights(batch: Batch, t: int, rew: RepeatExposureWeight | None) -> 
 
 def multitask_bce(logits: dict[str, Tensor], batch: Batch, task_weights: list[float],
                   ranking: RankingLoss | None = None, rew: RepeatExposureWeight | None = None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  generator: torch.Generator | None = None, per_row: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
     """sum_t w_t * (weighted mean BCE_t + lambda * pairwise_t) over the rows each task counts.
 
     A task's mean is over the rows where its mask is 1 (all rows without a mask), each row scaled by the
     sample weight and, for REW tasks, by w(n) on negatives; a batch where a task has no counted rows
-    contributes 0 for that task. Ranking pairs come from counted rows only; a pair weighs w_pos * w_neg."""
+    contributes 0 for that task. Ranking pairs come from counted rows only; a pair weighs w_pos * w_neg.
+
+    ``per_row`` divides each task's weighted BCE sum by the batch size instead of by the task's counted
+    weight: every row weighs the same whatever task it belongs to. A stream learner needs this -- a batch
+    holding one late conversion among 511 clicks must not move the conversion tower as if it held 512."""
     total = torch.zeros((), dtype=torch.float32, device=batch.labels.device)
     per_task: dict[str, Tensor] = {}
     for t, (name, z) in enumerate(logits.items()):
@@ -137,7 +141,8 @@ def multitask_bce(logits: dict[str, Tensor], batch: Batch, task_weights: list[fl
         if w is None:
             loss = F.binary_cross_entropy_with_logits(z, y)
         else:
-            loss = (F.binary_cross_entropy_with_logits(z, y, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+            denom = float(len(y)) if per_row else w.sum().clamp_min(1e-12)
+            loss = (F.binary_cross_entropy_with_logits(z, y, reduction="none") * w).sum() / denom
         if ranking is not None and ranking.weight > 0:
             rows = torch.nonzero(w > 0).squeeze(1) if w is not None else None
             yy, zz = (y, z) if rows is None else (y[rows], z[rows])
