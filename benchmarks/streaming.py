@@ -140,6 +140,7 @@ def plot(recs: list[dict], path: Path) -> None:
                 m = np.mean([x[:k] for x in by_bin], axis=0)
                 axes[i, j].plot(hours[:k], m, marker="o", ms=3, label=s)
         axes[0, j].axhline(1.0, color="grey", lw=1, ls="--")
+        axes[0, j].set_yscale("log")  # under- and over-prediction by the same factor look alike
         axes[0, j].set_title(f"{t}: calibration (pred / true)", fontsize=9)
         axes[1, j].set_title(f"{t}: AUC vs true labels", fontsize=9)
         axes[1, j].set_xlabel("hours of stream")

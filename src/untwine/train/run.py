@@ -32,7 +32,7 @@ from untwine.core.paths import cache_root
 from untwine.data.encode import PreparedData, prepare
 from untwine.data.exposure import split_exposure_counts
 from untwine.data.loader import BatchLoader, SplitArrays
-from untwine.metrics.calibration import calibrator_from_dict, fit_calibrator
+from untwine.metrics.calibrators import calibrator_from_dict, fit_calibrator
 from untwine.models.base import build_model
 from untwine.nn.embedding import SequenceField
 from untwine.train.config import ExperimentConfig, TrainConfig
@@ -269,7 +269,7 @@ def run_predictions(run_dir: str | Path, cfg: ExperimentConfig, tasks: list[str]
     """A model's predictions as its run reports them: down-sampling corrected, then (``calibrated``) mapped
     through the run's calibration.json when it has one."""
     if cfg.train.negative_keep_rate < 1:
-        from untwine.metrics.calibration import downsampling_correction
+        from untwine.metrics.calibrators import downsampling_correction
 
         pred = {**pred, "probs": downsampling_correction(pred["probs"], cfg.train.negative_keep_rate)}
     path = Path(run_dir) / "calibration.json"

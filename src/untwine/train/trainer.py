@@ -21,7 +21,7 @@ from torch import nn
 from untwine.core.io import atomic_path
 from untwine.data.loader import BatchLoader
 from untwine.metrics import binary_report
-from untwine.metrics.calibration import downsampling_correction
+from untwine.metrics.calibrators import downsampling_correction
 from untwine.nn.embedding import FieldEmbedding
 from untwine.train.config import TrainConfig
 from untwine.train.losses import RankingLoss, RepeatExposureWeight, multitask_bce

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from untwine.metrics.calibration import (IsotonicCalibrator, MeanCalibrator, PlattCalibrator, calibrator_from_dict,
+from untwine.metrics.calibrators import (IsotonicCalibrator, MeanCalibrator, PlattCalibrator, calibrator_from_dict,
                                          downsampling_correction, fit_calibrator)
 
 
@@ -78,3 +78,12 @@ def test_calibrators_round_trip_through_json():
         np.testing.assert_allclose(back(p), c(p))
     with pytest.raises(ValueError, match="unknown calibration"):
         fit_calibrator("beta", p, y)
+
+
+def test_the_calibration_metric_is_not_shadowed_by_the_calibrators_module():
+    import types
+
+    import untwine.metrics as metrics
+    import untwine.metrics.calibrators  # noqa: F401
+
+    assert callable(metrics.calibration) and not isinstance(metrics.calibration, types.ModuleType)

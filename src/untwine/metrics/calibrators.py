@@ -1,4 +1,5 @@
-r"""Post-hoc calibration of predicted probabilities, fitted on validation data (SPEC 5).
+"""Post-hoc calibrators of predicted probabilities, fitted on validation data (SPEC 5); the calibration
+*metric* (mean prediction / observed rate) is ``untwine.metrics.calibration``.
 
 * :func:`downsampling_correction` -- negatives kept at rate w during training inflate the odds by 1/w;
   q = p / (p + (1 - p) / w) restores them (003:2417).
