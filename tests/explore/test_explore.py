@@ -117,3 +117,13 @@ def test_closed_loop_learned_policies_beat_random():
         assert len(out) == 6 and all(o["requests"] == 300 for o in out)
         regret[pol] = sum(o["regret"] for o in out[1:])  # round 0 is served at random by every policy
     assert max(regret["greedy"], regret["thompson"], regret["linucb"]) < regret["random"]
+
+
+def test_id_only_features_drop_the_ad_content():
+    m = AdMarket(small_market())
+    feats = MarketFeatures(m, ("ad_id",))
+    b = feats.batch(np.arange(4), np.arange(4), 0)
+    assert [f.name for f in feats.space.schema.features] == ["age", "gender", "ad_id", "user_ext"]
+    assert b.categorical.shape == (4, 3) and set(b.vectors) == {"user_ext"}
+    with pytest.raises(ValueError, match="ad_id"):
+        MarketFeatures(m, ("category",))

@@ -4,7 +4,8 @@ Every policy starts from the same first round served at random (so all learn fro
 and then serves with its own model. After each round the model trains on that round's impressions plus
 a replay sample of earlier ones. The learned model is an untwine ranking model over the user's
 demographics and external vector and the ad's id, category, advertiser and external vector (no user id:
-2,000 requests a round are too few to learn one per user). Results per round: regret against the
+2,000 requests a round are too few to learn one per user); ``item_features=("ad_id",)`` hides the ad's
+content so that every new ad starts cold. Results per round: regret against the
 oracle, revenue, impressions won by ads that entered after the start, repeat-exposure rate.
 """
 from __future__ import annotations
@@ -23,27 +24,32 @@ from untwine.explore.uncertainty import PredictiveModel, UncertaintyConfig
 from untwine.sim.market import AdMarket, MarketConfig
 from untwine.train.losses import RepeatExposureWeight
 
-CATEGORICAL = ("age", "gender", "ad_id", "category", "advertiser")
+ITEM_FEATURES = ("ad_id", "category", "advertiser", "ad_ext")
 
 
 class MarketFeatures:
-    """(user, ad) pairs of the market as untwine Batches."""
+    """(user, ad) pairs of the market as untwine Batches: the user's age, gender and external vector of
+    the day, and the ad's ``item_features`` (``ad_id`` alone makes every new ad a cold start)."""
 
-    def __init__(self, market: AdMarket) -> None:
+    def __init__(self, market: AdMarket, item_features: tuple[str, ...] = ITEM_FEATURES) -> None:
         self.m = market
+        unknown = sorted(set(item_features) - set(ITEM_FEATURES))
+        if unknown or "ad_id" not in item_features:
+            raise ValueError(f"item_features must include ad_id and come from {ITEM_FEATURES}, got {item_features}")
         w, wc = market.world, market.cfg.world
-        feats = [Feature(name="age", kind="categorical", group="user"),
-                 Feature(name="gender", kind="categorical", group="user"),
-                 Feature(name="ad_id", kind="categorical", group="item"),
-                 Feature(name="category", kind="categorical", group="item"),
-                 Feature(name="advertiser", kind="categorical", group="item"),
-                 Feature(name="user_ext", kind="vector", group="user", dim=wc.ext_dim),
-                 Feature(name="ad_ext", kind="vector", group="item", dim=wc.ext_dim)]
         sizes = {"age": int(w.user_age.max()) + 1, "gender": 3, "ad_id": wc.n_ads, "category": wc.n_categories,
                  "advertiser": wc.n_advertisers}
+        self.categorical = [c for c in ("age", "gender", "ad_id", "category", "advertiser")
+                            if c in ("age", "gender") or c in item_features]
+        feats = [Feature(name=c, kind="categorical", group="user" if c in ("age", "gender") else "item")
+                 for c in self.categorical]
+        feats.append(Feature(name="user_ext", kind="vector", group="user", dim=wc.ext_dim))
+        self.ad_ext = "ad_ext" in item_features
+        if self.ad_ext:
+            feats.append(Feature(name="ad_ext", kind="vector", group="item", dim=wc.ext_dim))
         self.space = FeatureSpace(schema=Schema(features=feats, labels=[Label(name="click")]),
-                                  vocab_sizes={k: v + NUM_RESERVED for k, v in sizes.items()})
-        self.columns = {name: ("categorical", j) for j, name in enumerate(CATEGORICAL)}
+                                  vocab_sizes={k: sizes[k] + NUM_RESERVED for k in self.categorical})
+        self.columns = {name: ("categorical", j) for j, name in enumerate(self.categorical)}
 
     def context(self, users: np.ndarray, day: int) -> np.ndarray:
         """The user's external vector of the day (what a linear bandit sees), with a bias column."""
@@ -55,10 +61,14 @@ class MarketFeatures:
         """Rows (user, ad) seen on ``day`` (one day, or one per row)."""
         w = self.m.world
         days = np.broadcast_to(np.asarray(day), users.shape)
-        cat = np.stack([w.user_age[users], w.user_gender[users], ads, w.ad_category[ads], w.ad_advertiser[ads]], 1)
+        values = {"age": w.user_age[users], "gender": w.user_gender[users], "ad_id": ads,
+                  "category": w.ad_category[ads], "advertiser": w.ad_advertiser[ads]}
+        cat = np.stack([values[c] for c in self.categorical], 1)
+        vectors = {"user_ext": torch.from_numpy(w.user_ext(days, users))}
+        if self.ad_ext:
+            vectors["ad_ext"] = torch.from_numpy(w.ad_ext[ads].astype(np.float32))
         b = Batch(categorical=torch.from_numpy(cat.astype(np.int64) + NUM_RESERVED), columns=self.columns,
-                  vectors={"user_ext": torch.from_numpy(w.user_ext(days, users)),
-                           "ad_ext": torch.from_numpy(w.ad_ext[ads].astype(np.float32))},
+                  vectors=vectors,
                   labels=torch.from_numpy((np.zeros(len(users)) if clicks is None else clicks)
                                           .astype(np.float32)[:, None]))
         if exposures is not None:
@@ -80,11 +90,12 @@ class LoopConfig:
     batch_size: int = 256
     replay: int = 4000  # earlier impressions replayed with each round's
     rew: RepeatExposureWeight | None = None  # repeated-exposure weighting of negatives
+    item_features: tuple[str, ...] = ITEM_FEATURES  # ("ad_id",): ads known by id only, every new ad cold
 
 
 def run_loop(cfg: LoopConfig, progress=None) -> list[dict]:
     market = AdMarket(cfg.market)
-    feats = MarketFeatures(market)
+    feats = MarketFeatures(market, cfg.item_features)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.market.seed, 11]))
     model = PredictiveModel(feats.space, cfg.model, cfg.model_options, cfg.uncertainty) \
         if cfg.policy not in ("linucb", "random") else None
