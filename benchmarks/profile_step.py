@@ -5,7 +5,8 @@
 Per configuration, after warm-up steps, every step is cut into regions timed with perf_counter (no
 profiler running): batch assembly (the BatchLoader gathering rows from the memory-mapped cache, no
 prefetch thread), forward, loss, backward, optimizer update of the embedding tables and of the dense
-parameters (two optimizers with the same per-parameter math as the trainer's). A second pass under
+parameters (two optimizers with the same per-parameter math as the trainer's; ``adam`` is the multi-pass kernel,
+``adam_fused`` and ``sparse_adam`` the trainer's defaults with ``train.fused_optimizer``). A second pass under
 torch.profiler splits forward and backward into embedding ops and the rest by self CPU time.
 
 Two bounds put the numbers in context, both measured on this machine in the same run:
@@ -32,7 +33,7 @@ from common import RESULTS, WORK, machine, write_json  # noqa: E402
 
 OUT = RESULTS / "profile"
 EMBEDDING_OPS = ("embedding", "index_select", "index_add", "embedding_bag", "_embedding_bag", "sparse",
-                 "coalesce", "_unique", "index_put", "scatter_add", "gather")
+                 "coalesce", "_unique", "index_put", "scatter_add", "gather", "_coalesced")
 
 
 def matmul_gflops(threads: int) -> float:
@@ -87,11 +88,12 @@ def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, th
     ids = {id(p) for p in tables}
     dense = [p for p in model.parameters() if id(p) not in ids]
     sparse = opt == "sparse_adam"
+    fused = {"fused": True} if opt in ("adam_fused", "sparse_adam") else {}  # the trainer's defaults
     for m in model.modules():
         if isinstance(m, FieldEmbedding):
             m.table.sparse = sparse
-    opt_emb = torch.optim.SparseAdam(tables, lr=1e-3) if sparse else torch.optim.Adam(tables, lr=1e-3)
-    opt_dense = torch.optim.Adam(dense, lr=1e-3)
+    opt_emb = torch.optim.SparseAdam(tables, lr=1e-3) if sparse else torch.optim.Adam(tables, lr=1e-3, **fused)
+    opt_dense = torch.optim.Adam(dense, lr=1e-3, **fused)
     loader = BatchLoader(SplitArrays.open(prepared, "train"), spec.schema, 4096, shuffle=True, seed=1, prefetch=0)
     regions = {k: [] for k in ("batch", "forward", "loss", "backward", "optimizer_embeddings", "optimizer_dense")}
     it = iter(loader)
@@ -140,13 +142,17 @@ def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, th
             opt_emb.step()
             opt_dense.step()
     for ev in prof.events():
+        if not ev.name.startswith("aten::"):
+            continue
         parents, p = [], ev.cpu_parent
         while p is not None:
             parents.append(p.name)
             p = p.cpu_parent
-        region = "forward" if "forward" in parents else "backward" if ("backward" in parents or "Backward" in ev.name
-                                                                        or ev.name.startswith("autograd::")) else None
-        if region is None or not ev.name.startswith("aten::"):
+        # autograd runs backward ops under its own nodes ("...Backward0", "autograd::engine::..."), which may
+        # not sit under the record_function
+        in_backward = any(n == "backward" or "Backward" in n or n.startswith("autograd::") for n in parents)
+        region = "backward" if in_backward else "forward" if "forward" in parents else None
+        if region is None:
             continue
         is_emb = any(k in ev.name for k in EMBEDDING_OPS)
         split[region][0 if is_emb else 1] += ev.self_cpu_time_total
@@ -196,9 +202,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["dnn", "dcnv2"])
     ap.add_argument("--numeric", nargs="+", default=["raw", "embed"])
-    ap.add_argument("--opt", nargs="+", default=["adam", "sparse_adam"])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--opt", nargs="+", default=["adam", "adam_fused", "sparse_adam"],
+                    help="adam: dense gradients, multi-pass (foreach) Adam; adam_fused: the same with the fused "
+                         "kernel; sparse_adam: sparse table gradients + SparseAdam, fused Adam for the rest")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     res = {"machine": machine(), "matmul_gflops": matmul_gflops(a.threads), "copy_gbps": copy_gbps(), "runs": []}

@@ -138,3 +138,34 @@ def test_task_metrics_report_a_masked_task_without_rows_instead_of_failing():
     assert out["buy"] == {"rows": 0}
     assert out["click"]["rows"] == 3 and out["click"]["auc"] == 1.0
     assert out["mean"]["auc"] == 1.0  # the mean over the tasks that have rows
+
+
+@pytest.mark.parametrize("opt", ["adam", "sparse_adam"])
+def test_fused_adam_takes_the_same_steps_as_the_default_kernel(opt, make_space, make_batch):
+    """Same update rule, one kernel: after a few steps the weights agree to float rounding."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from untwine.models.base import build_model
+    from untwine.train.config import TrainConfig
+    from untwine.train.trainer import build_optimizers
+
+    space = make_space()
+    torch.manual_seed(0)
+    model = build_model("dnn", space, {"hidden": [16]})
+    twin = copy.deepcopy(model)
+    fused = build_optimizers(model, TrainConfig(embedding_optimizer=opt, fused_optimizer=True))
+    plain = build_optimizers(twin, TrainConfig(embedding_optimizer=opt, fused_optimizer=False))
+    assert any(o.defaults.get("fused") for o in fused) and not any(o.defaults.get("fused") for o in plain)
+    for step in range(5):
+        batch = make_batch(space, 32, seed=step)
+        for m, opts in ((model, fused), (twin, plain)):
+            loss = F.binary_cross_entropy_with_logits(next(iter(m(batch).values())), batch.labels[:, 0])
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+    for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)

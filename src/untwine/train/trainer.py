@@ -79,12 +79,15 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
     for m in embedding_modules(model):
         m.table.sparse = sparse
     opts: list[torch.optim.Optimizer] = []
+    # the fused kernel reads and writes each parameter, gradient and moment once per step; the default
+    # (foreach) kernel makes several passes: on T1's 1M x 10 table 4.4 ms against 23.7 ms a step
+    fused = {"fused": True} if cfg.fused_optimizer else {}
     if cfg.embedding_optimizer == "adam":
         opts.append(torch.optim.Adam([{"params": dense, "weight_decay": cfg.weight_decay},
-                                      {"params": tables, "lr": emb_lr, "weight_decay": 0.0}], lr=cfg.lr))
+                                      {"params": tables, "lr": emb_lr, "weight_decay": 0.0}], lr=cfg.lr, **fused))
         return opts
     if dense:
-        opts.append(torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        opts.append(torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused))
     if cfg.embedding_optimizer == "sparse_adam":
         opts.append(torch.optim.SparseAdam(tables, lr=emb_lr))
     else:
