@@ -140,3 +140,49 @@ def test_per_row_normalisation_weighs_every_row_alike():
     bce_b = F.binary_cross_entropy_with_logits(z[2], y[2, 1]).item()
     assert per_task["b"].item() == pytest.approx(bce_b) and per_row["b"].item() == pytest.approx(bce_b / 4)
     assert per_row["a"].item() == pytest.approx(per_task["a"].item() * 3 / 4)
+
+
+def test_sampled_softmax_equals_its_naive_loop_with_log_q_and_extra_negatives():
+    from untwine.train.losses import sampled_softmax
+
+    g = torch.Generator().manual_seed(4)
+    u, v, extra = (torch.randn(n, 6, generator=g, dtype=torch.float64) for n in (5, 5, 3))
+    q = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
+    q_extra = torch.rand(3, generator=g, dtype=torch.float64) + 0.1
+    ids = torch.tensor([3, 7, 3, 1, 9])  # rows 0 and 2 share their positive item
+    tau = 0.5
+    got = sampled_softmax(u, v, torch.log(q), tau, extra, torch.log(q_extra), same_item=ids)
+    total = 0.0
+    for i in range(5):
+        cands = [(float(u[i] @ v[j]) / tau - math.log(q[j]), j == i) for j in range(5) if j == i or ids[j] != ids[i]]
+        cands += [(float(u[i] @ extra[k]) / tau - math.log(q_extra[k]), False) for k in range(3)]
+        z = [c for c, _ in cands]
+        pos = next(c for c, is_pos in cands if is_pos)
+        total += -(pos - math.log(sum(math.exp(c) for c in z)))
+    assert got.item() == pytest.approx(total / 5, rel=1e-10)
+
+
+def test_log_q_correction_adds_log_q_to_a_popular_items_cost_as_a_negative():
+    """Without the correction a popular item is pushed down once per appearance as a negative; the
+    correction lowers its logit by log q, i.e. its softmax weight as a negative by the factor q."""
+    from untwine.train.losses import sampled_softmax
+
+    u = torch.zeros(2, 2)
+    v = torch.zeros(2, 2)  # all logits 0: the loss is log 2 per row
+    plain = sampled_softmax(u, v)
+    q = torch.tensor([0.5, 0.25])
+    corrected = sampled_softmax(u, v, torch.log(q))
+    # row 0: positive 0 (logit -log .5), negative 1 (logit -log .25); row 1 the other way round
+    r0 = -(-math.log(0.5)) + math.log(math.exp(-math.log(0.5)) + math.exp(-math.log(0.25)))
+    r1 = -(-math.log(0.25)) + math.log(math.exp(-math.log(0.5)) + math.exp(-math.log(0.25)))
+    assert plain.item() == pytest.approx(math.log(2)) and corrected.item() == pytest.approx((r0 + r1) / 2)
+
+
+def test_bpr_equals_its_definition():
+    from untwine.train.losses import bpr
+
+    pos, neg = torch.tensor([1.0, -0.5]), torch.tensor([[0.0, 2.0], [0.5, -1.0]])
+    expect = sum(math.log1p(math.exp(-(float(pos[i]) - float(neg[i, k])))) for i in range(2) for k in range(2)) / 4
+    assert bpr(pos, neg).item() == pytest.approx(expect)
+    assert bpr(pos, neg[:, 0]).item() == pytest.approx(
+        sum(math.log1p(math.exp(-(float(pos[i]) - float(neg[i, 0])))) for i in range(2)) / 2)

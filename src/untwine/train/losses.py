@@ -160,3 +160,36 @@ def multitask_bce(logits: dict[str, Tensor], batch: Batch, task_weights: list[fl
         per_task[name] = loss
         total = total + task_weights[t] * loss
     return total, per_task
+
+
+# ---------------------------------------------------------------- retrieval losses
+def sampled_softmax(user: Tensor, item: Tensor, log_q: Tensor | None = None, temperature: float = 1.0,
+                    extra_items: Tensor | None = None, extra_log_q: Tensor | None = None,
+                    same_item: Tensor | None = None) -> Tensor:
+    """In-batch sampled softmax for two-tower retrieval (Yi et al., RecSys 2019).
+
+    Row i's positive is ``item[i]``; the other rows' items (and optional ``extra_items``, e.g. uniform
+    random negatives) are its negatives. Logits are <u_i, v_j> / temperature - log q_j: subtracting the
+    log sampling probability of each candidate (log-Q correction) removes the bias towards penalising
+    popular items, which appear as in-batch negatives in proportion to their frequency. ``same_item``
+    (B,) ids mask in-batch "negatives" that are the row's own positive item. Returns the mean cross-entropy."""
+    logits = user @ item.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    if same_item is not None:
+        dup = (same_item[:, None] == same_item[None, :]) & ~torch.eye(len(same_item), dtype=torch.bool,
+                                                                        device=user.device)
+        logits = logits.masked_fill(dup, float("-inf"))
+    if extra_items is not None:
+        extra = user @ extra_items.T / temperature
+        if extra_log_q is not None:
+            extra = extra - extra_log_q[None, :]
+        logits = torch.cat([logits, extra], dim=1)
+    return F.cross_entropy(logits, torch.arange(len(user), device=user.device))
+
+
+def bpr(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """Bayesian personalised ranking (Rendle et al., UAI 2009): mean of -log sigmoid(s_pos - s_neg);
+    ``neg_scores`` (B,) or (B, K) negatives per positive."""
+    diff = pos_scores.unsqueeze(-1) - neg_scores if neg_scores.dim() == 2 else pos_scores - neg_scores
+    return F.softplus(-diff).mean()
