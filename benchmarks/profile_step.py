@@ -68,7 +68,8 @@ def dense_flops_per_sample(model) -> float:
     return 3 * sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
 
 
-def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, threads: int) -> dict:
+def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, threads: int,
+            precision: str = "fp32") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -103,9 +104,10 @@ def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, th
         t = [time.perf_counter()]
         batch = next(it)
         t.append(time.perf_counter())
-        out = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(batch)
         t.append(time.perf_counter())
-        loss = F.binary_cross_entropy_with_logits(next(iter(out.values())), batch.labels[:, 0])
+        loss = F.binary_cross_entropy_with_logits(next(iter(out.values())).float(), batch.labels[:, 0])
         t.append(time.perf_counter())
         opt_emb.zero_grad(set_to_none=True)
         opt_dense.zero_grad(set_to_none=True)
@@ -132,9 +134,9 @@ def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, th
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(5):
             batch = next(it)
-            with record_function("forward"):
+            with record_function("forward"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(batch)
-            loss = F.binary_cross_entropy_with_logits(next(iter(out.values())), batch.labels[:, 0])
+            loss = F.binary_cross_entropy_with_logits(next(iter(out.values())).float(), batch.labels[:, 0])
             opt_emb.zero_grad(set_to_none=True)
             opt_dense.zero_grad(set_to_none=True)
             with record_function("backward"):
@@ -165,7 +167,8 @@ def profile(model_name: str, numeric: str, opt: str, steps: int, warmup: int, th
     rows_per_step = 4096 * len(spec.schema.categorical)
     touched = n_params_table if not sparse else float(np.mean(unique_rows)) * d
     bytes_step = 4 * (2 * rows_per_step * d + 7 * touched)  # rows read + grads written; p, g, m, v read, p, m, v written
-    return {"model": model_name, "numeric": numeric, "optimizer": opt, "threads": threads, "steps": steps,
+    return {"model": model_name, "numeric": numeric, "optimizer": opt, "precision": precision, "threads": threads,
+            "steps": steps,
             "ms": ms, "ms_total": total, "samples_per_s": 4096 / (total / 1e3),
             "embedding_forward_ms": emb_fwd, "dense_forward_ms": ms["forward"] - emb_fwd,
             "embedding_backward_ms": emb_bwd, "dense_backward_ms": ms["backward"] - emb_bwd,
@@ -182,14 +185,14 @@ def table(res: dict) -> str:
              "Batch 4096; medians over the timed steps, in ms. Embedding / dense split of forward and backward "
              "from torch.profiler's self CPU time. Bounds: dense FLOPs / matmul rate, and bytes the step must "
              "move (rows read, gradients written, optimizer state of the touched table rows) / bandwidth.", "",
-             "| model | numerics | emb. optimizer | batch | emb. fwd | dense fwd | loss | emb. bwd | dense bwd | "
+             "| model | numerics | emb. optimizer | precision | batch | emb. fwd | dense fwd | loss | emb. bwd | dense bwd | "
              "opt. emb. | opt. dense | total | samples/s | compute bound | memory bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         ms = r["ms"]
         compute = r["dense_flops_per_sample"] * 4096 / (res["matmul_gflops"] * 1e9) * 1e3
         memory = r["bytes_per_step"] / (res["copy_gbps"] * 1e9) * 1e3
-        lines.append(f"| {r['model']} | {r['numeric']} | {r['optimizer']} | {ms['batch']:.1f} | "
+        lines.append(f"| {r['model']} | {r['numeric']} | {r['optimizer']} | {r.get('precision', 'fp32')} | {ms['batch']:.1f} | "
                      f"{r['embedding_forward_ms']:.1f} | {r['dense_forward_ms']:.1f} | {ms['loss']:.2f} | "
                      f"{r['embedding_backward_ms']:.1f} | {r['dense_backward_ms']:.1f} | "
                      f"{ms['optimizer_embeddings']:.1f} | {ms['optimizer_dense']:.1f} | {r['ms_total']:.1f} | "
@@ -208,15 +211,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     a = ap.parse_args()
     res = {"machine": machine(), "matmul_gflops": matmul_gflops(a.threads), "copy_gbps": copy_gbps(), "runs": []}
     for model in a.models:
         for numeric in a.numeric:
             for opt in a.opt:
-                r = profile(model, numeric, opt, a.steps, a.warmup, a.threads)
-                res["runs"].append(r)
-                print(model, numeric, opt, {k: round(v, 1) for k, v in r["ms"].items()}, f"{r['samples_per_s']:,.0f}/s",
-                      flush=True)
+                for precision in a.precision:
+                    r = profile(model, numeric, opt, a.steps, a.warmup, a.threads, precision)
+                    res["runs"].append(r)
+                    print(model, numeric, opt, precision, {k: round(v, 1) for k, v in r["ms"].items()},
+                          f"{r['samples_per_s']:,.0f}/s", flush=True)
     write_json(OUT / "profile_step.json", res)
     (OUT / "profile_step.md").write_text(table(res))
     print((OUT / "profile_step.md").read_text())

@@ -45,7 +45,7 @@ def child_untwine(a) -> dict:
     cfg = ExperimentConfig.from_dict({
         "dataset": str(dataset_yaml(a.dataset)), "model": {"name": a.model, "numeric": a.numeric},
         "train": {"batch_size": BATCH[a.dataset], "epochs": a.epochs, "patience": 100, "seed": 1,
-                  "embedding_optimizer": a.opt, "progress": False}})
+                  "embedding_optimizer": a.opt, "progress": False, "precision": a.precision}})
     # valid/test evaluation runs after the timed epochs and is excluded from samples/s
     r = run_experiment(cfg, run_dir=WORK / "runs" / f"{a.dataset}-{a.model}-{a.numeric}-{a.opt}", resume=False,
                        log=lambda *_: None)
@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--tag", default="throughput")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="untwine's train.precision (the plain-PyTorch bound stays fp32)")
     a = ap.parse_args()
     if a.child:
         return child_main(a)
@@ -175,9 +177,11 @@ def main() -> None:
                 for opt in a.opts:
                     for who in ("untwine", "bound"):
                         cmd = [PY, __file__, "--child", who, "--dataset", ds, "--model", model, "--numeric", numeric,
-                               "--opt", opt, "--epochs", str(a.epochs), "--threads", str(a.threads)]
+                               "--opt", opt, "--epochs", str(a.epochs), "--threads", str(a.threads),
+                               "--precision", a.precision]
                         r = run_json(cmd)
-                        rows.append({"dataset": ds, "model": model, "numeric": numeric, "who": who, "opt": opt, **r})
+                        label = f"untwine ({a.precision})" if who == "untwine" and a.precision != "fp32" else who
+                        rows.append({"dataset": ds, "model": model, "numeric": numeric, "who": label, "opt": opt, **r})
                         print(json.dumps(rows[-1]), flush=True)
                 if a.no_peers:
                     continue

@@ -169,3 +169,12 @@ def test_fused_adam_takes_the_same_steps_as_the_default_kernel(opt, make_space, 
                 o.step()
     for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_bf16_training_learns_and_keeps_fp32_weights(learnable, tmp_path):
+    r = run(learnable, tmp_path / "bf16", precision="bf16")
+    assert r.test["y"]["auc"] > 0.85
+    weights = load_file(str(tmp_path / "bf16" / "best.safetensors"))
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    again = evaluate_run(tmp_path / "bf16")  # evaluation runs in fp32 and reproduces the reported numbers
+    assert again["y"]["auc"] == pytest.approx(r.test["y"]["auc"], abs=1e-9)

@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     embedding_optimizer: Literal["adam", "sparse_adam", "adagrad"] = "adam"
     embedding_lr: float | None = Field(None, gt=0)  # defaults to lr
     fused_optimizer: bool = True  # Adam's fused kernel: one pass over parameter, gradient and moments
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the training forward (fp32 weights, optimizer, loss)
     lr_decay_on_plateau: float = Field(1.0, gt=0, le=1)  # multiply every lr by this after an epoch without improvement
     monitor: Literal["auc", "gauc", "logloss"] = "auc"
     monitor_task: str = "mean"  # a task name, or the mean over tasks

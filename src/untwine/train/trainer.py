@@ -175,6 +175,10 @@ class Trainer:
             r = cfg.repeat_exposure
             self.rew = RepeatExposureWeight(tuple(tasks.index(t) for t in names), r.alpha, r.form, r.cap)
         self._pairs_rng = torch.Generator(device=info.device).manual_seed(cfg.seed + 7919 * info.rank)
+        # bf16 autocast of the training forward: matmuls in bf16, weights / optimizer / loss in fp32.
+        # Machine-dependent: 3.4x faster MLP steps on an AMD EPYC with avx512_bf16, slower on a Xeon
+        # without AMX (benchmarks/results/profile/levers.md). Evaluation stays fp32.
+        self.bf16 = cfg.precision == "bf16"
 
     # ---- monitoring
     def score(self, metrics: dict[str, dict[str, float]]) -> float:
@@ -320,7 +324,10 @@ class Trainer:
         for batch in loader:
             if self.info.device != "cpu":
                 batch = batch.to(self.info.device, non_blocking=True)
-            out = self.model(batch)
+            with torch.autocast(self.info.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(batch)
+            if self.bf16:  # the loss, its gradient's scale and the optimizer stay in fp32
+                out = {k: v.float() for k, v in out.items()}
             loss, _ = multitask_bce(out, batch, self.task_weights, self.ranking, self.rew, self._pairs_rng)
             for o in self.optimizers:
                 o.zero_grad(set_to_none=True)
