@@ -178,3 +178,16 @@ def test_bf16_training_learns_and_keeps_fp32_weights(learnable, tmp_path):
     assert all(v.dtype == torch.float32 for v in weights.values())
     again = evaluate_run(tmp_path / "bf16")  # evaluation runs in fp32 and reproduces the reported numbers
     assert again["y"]["auc"] == pytest.approx(r.test["y"]["auc"], abs=1e-9)
+
+
+def test_bf16_predictions_are_scored_in_fp32_after_the_bf16_forward(learnable, tmp_path):
+    """A bf16 forward, but probabilities from fp32 logits: no quantisation into bf16's 256 levels."""
+    from untwine.train.run import load_run, run_split_loader
+    from untwine.train.trainer import predict
+
+    run(learnable, tmp_path / "r", precision="bf16", epochs=2)
+    cfg, space, model = load_run(tmp_path / "r")
+    p16 = predict(model, run_split_loader(tmp_path / "r", cfg, space, "test"), precision="bf16")["probs"]
+    p32 = predict(model, run_split_loader(tmp_path / "r", cfg, space, "test"))["probs"]
+    assert p16.dtype == np.float32 and np.abs(p16 - p32).max() < 0.05
+    assert len(np.unique(p16)) > 50  # far more distinct values than bf16 probabilities would allow near 0.5

@@ -173,7 +173,7 @@ def analyze_calibration(run_dirs: List[Path] = typer.Argument(..., exists=True, 
     for run in run_dirs:
         cfg, space, model = load_run(run)
         tasks = space.schema.task_names
-        raw = predict(model, run_split_loader(run, cfg, space, split))
+        raw = predict(model, run_split_loader(run, cfg, space, split), precision=cfg.train.precision)
         kinds = {"raw": run_predictions(run, cfg, tasks, raw, calibrated=False)}
         if (run / "calibration.json").exists():
             kinds["calibrated"] = run_predictions(run, cfg, tasks, raw)

@@ -37,7 +37,7 @@ class RepeatExposureConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(1024, ge=1)
-    eval_batch_size: int = Field(16384, ge=1)
+    eval_batch_size: int = Field(4096, ge=1)  # larger batches score slower on CPU (cache): eval_speed.md
     epochs: int = Field(30, ge=1)
     patience: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -45,7 +45,7 @@ class TrainConfig(BaseModel):
     embedding_optimizer: Literal["adam", "sparse_adam", "adagrad"] = "adam"
     embedding_lr: float | None = Field(None, gt=0)  # defaults to lr
     fused_optimizer: bool = True  # Adam's fused kernel: one pass over parameter, gradient and moments
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the training forward (fp32 weights, optimizer, loss)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training and scoring forwards (fp32 weights, optimizer, loss)
     lr_decay_on_plateau: float = Field(1.0, gt=0, le=1)  # multiply every lr by this after an epoch without improvement
     monitor: Literal["auc", "gauc", "logloss"] = "auc"
     monitor_task: str = "mean"  # a task name, or the mean over tasks

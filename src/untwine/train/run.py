@@ -246,7 +246,7 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpace, torch
 
 
 def run_split_loader(run_dir: str | Path, cfg: ExperimentConfig, space: FeatureSpace, split: str = "test",
-                     dataset: str | None = None, batch_size: int = 16384) -> BatchLoader:
+                     dataset: str | None = None, batch_size: int = 4096) -> BatchLoader:
     """Batches of a split encoded with the run's own vocabularies (unseen values -> OOV)."""
     from untwine.data.encode import encode_with_vocab
 
@@ -256,12 +256,12 @@ def run_split_loader(run_dir: str | Path, cfg: ExperimentConfig, space: FeatureS
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, split: str = "test",
-                 batch_size: int = 16384) -> dict:
+                 batch_size: int = 4096) -> dict:
     """Score a split with a finished run's best weights, encoding with the run's own vocabularies."""
     cfg, space, model = load_run(run_dir)
     loader = run_split_loader(run_dir, cfg, space, split, dataset, batch_size)
     tasks = space.schema.task_names
-    return task_metrics(run_predictions(run_dir, cfg, tasks, predict(model, loader)), tasks)
+    return task_metrics(run_predictions(run_dir, cfg, tasks, predict(model, loader, precision=cfg.train.precision)), tasks)
 
 
 def run_predictions(run_dir: str | Path, cfg: ExperimentConfig, tasks: list[str], pred: dict[str, np.ndarray],

@@ -97,14 +97,16 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
 
 # ------------------------------------------------------------------ evaluation
 @torch.inference_mode()
-def predict(model: nn.Module, loader: BatchLoader, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Probabilities, labels, masks and groups of every row the loader yields (this rank's share)."""
+def predict(model: nn.Module, loader: BatchLoader, device: str = "cpu", precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Probabilities, labels, masks and groups of every row the loader yields (this rank's share).
+    ``precision="bf16"`` scores under bf16 autocast, as a bf16-trained run was trained."""
     was_training = model.training
     model.eval()
     probs, labels, masks, groups = [], [], [], []
     for batch in loader:
-        out = model(batch.to(device, non_blocking=True) if device != "cpu" else batch)
-        probs.append(torch.sigmoid(torch.stack(list(out.values()), dim=1)).float().cpu().numpy())
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(batch.to(device, non_blocking=True) if device != "cpu" else batch)
+        probs.append(torch.sigmoid(torch.stack([v.float() for v in out.values()], dim=1)).cpu().numpy())
         labels.append(batch.labels.numpy())
         if batch.label_mask is not None:
             masks.append(batch.label_mask.numpy())
@@ -177,7 +179,7 @@ class Trainer:
         self._pairs_rng = torch.Generator(device=info.device).manual_seed(cfg.seed + 7919 * info.rank)
         # bf16 autocast of the training forward: matmuls in bf16, weights / optimizer / loss in fp32.
         # Machine-dependent: 3.4x faster MLP steps on an AMD EPYC with avx512_bf16, slower on a Xeon
-        # without AMX (benchmarks/results/profile/levers.md). Evaluation stays fp32.
+        # without AMX (benchmarks/results/profile/levers.md). Evaluation scores the same way.
         self.bf16 = cfg.precision == "bf16"
 
     # ---- monitoring
@@ -190,7 +192,7 @@ class Trainer:
     def predict(self, loader: BatchLoader) -> dict[str, np.ndarray]:
         """Every rank's predictions, back on the true rate when training down-sampled negatives."""
         # the unwrapped model: ranks may score different numbers of batches, so no collective per forward
-        pred = gather_arrays(predict(self.raw_model, loader, self.info.device), self.info)
+        pred = gather_arrays(predict(self.raw_model, loader, self.info.device, self.cfg.precision), self.info)
         if self.cfg.negative_keep_rate < 1:
             pred["probs"] = downsampling_correction(pred["probs"], self.cfg.negative_keep_rate).astype(np.float32)
         return pred
