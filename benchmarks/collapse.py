@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, sim_oracle, write_json  # noqa: E402
+from common import RESULTS, load_runs, machine, mean_std, sim_dataset, sim_oracle, write_json  # noqa: E402
 
 from untwine.analysis.collapse import collapse_report, plot_ia, plot_spectra  # noqa: E402
 from untwine.train.config import ExperimentConfig  # noqa: E402
@@ -35,7 +35,6 @@ from untwine.train.run import load_run, run_experiment  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs/bench/collapse")
-SIM_DIR = RUNS / "sim-data"
 OUT = RESULTS / "collapse"
 SIM_IMPRESSIONS = 150_000
 
@@ -68,12 +67,7 @@ VARIANTS["moments"] = ("hetero MoE", "hetero MoE (Moments pCTR: 30 -> GwPFM + Fl
 def protocol_config(protocol: str, config: str) -> tuple[Path, list[str]]:
     if protocol != "sim":
         return CONFIGS / protocol / f"{config}.yaml", []
-    from untwine.sim import SimConfig, write_dataset
-
-    yaml_path = SIM_DIR / "dataset.yaml"
-    if not yaml_path.exists():
-        write_dataset(SimConfig(n_impressions=SIM_IMPRESSIONS, seed=2024), SIM_DIR)
-    return CONFIGS / "sim" / f"{config}.yaml", [f"dataset={yaml_path.resolve()}"]
+    return CONFIGS / "sim" / f"{config}.yaml", [f"dataset={sim_dataset(SIM_IMPRESSIONS).resolve()}"]
 
 
 def ia_summary(report: dict) -> dict:
@@ -110,7 +104,7 @@ def run_one(protocol: str, key: str, seed: int, extra: list[str]) -> dict:
 
 
 def load_records() -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
+    return load_runs(OUT / "runs")
 
 
 def table(recs: list[dict], cmd: str) -> str:
@@ -125,7 +119,7 @@ def table(recs: list[dict], cmd: str) -> str:
     for p in dict.fromkeys(r["protocol"] for r in recs):
         lines += [f"## {p.upper()}", ""]
         if p == "sim":
-            o_auc, o_gauc = sim_oracle(SIM_DIR)
+            o_auc, o_gauc = sim_oracle(sim_dataset(SIM_IMPRESSIONS).parent)
             lines += [f"Oracle (the simulator's true click probabilities): test AUC {o_auc:.4f}, GAUC {o_gauc:.4f}.", ""]
         lines += ["| variant | total width | seeds | test AUC | test logloss | IA per table | IA side by side "
                   "| IA side by side (freq-weighted) | parameters | train samples/s | epochs |",

@@ -61,6 +61,22 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def load_runs(folder: Path) -> list[dict]:
+    """Every per-run JSON record in ``folder``, in file-name order."""
+    return [json.loads(f.read_text()) for f in sorted(Path(folder).glob("*.json"))]
+
+
+def sim_dataset(impressions: int = 1_000_000, seed: int = 2024) -> Path:
+    """The simulator's dataset.yaml for (impressions, seed), written once under runs/bench/ and shared by
+    every benchmark that asks for the same world."""
+    from untwine.sim import SimConfig, write_dataset
+
+    folder = Path("runs/bench") / f"sim-{impressions}-s{seed}"
+    if not (folder / "dataset.yaml").exists():
+        write_dataset(SimConfig(n_impressions=impressions, seed=seed), folder)
+    return folder / "dataset.yaml"
+
+
 def run_json(cmd: list[str], env: dict | None = None, timeout: int = 7200) -> dict:
     """Run a command that prints one JSON object as its last stdout line; add its peak RSS."""
     import time

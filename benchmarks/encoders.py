@@ -24,31 +24,25 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, sim_oracle, write_json  # noqa: E402
+from common import RESULTS, machine, mean_std, sim_dataset, sim_oracle, write_json  # noqa: E402
 
 from untwine.train.config import ExperimentConfig  # noqa: E402
 from untwine.train.run import run_experiment  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs/bench/encoders")
-SIM_DIR = RUNS / "sim-data"
 
 
 def protocol_config(protocol: str, model_file: str) -> tuple[Path, list[str]]:
     """The config file of a protocol and the overrides that point it at its data."""
     if protocol != "sim":
         return CONFIGS / protocol / f"{model_file}.yaml", []
-    from untwine.sim import SimConfig, write_dataset
-
-    yaml_path = SIM_DIR / "dataset.yaml"
-    if not yaml_path.exists():
-        write_dataset(SimConfig(n_impressions=1_000_000, seed=2024), SIM_DIR)
-    return CONFIGS / "p6" / f"{model_file}.yaml", [f"dataset={yaml_path.resolve()}", "tasks=[click]"]
+    return CONFIGS / "p6" / f"{model_file}.yaml", [f"dataset={sim_dataset().resolve()}", "tasks=[click]"]
 
 
 def oracle_metrics(protocol: str) -> tuple[float, float] | None:
     """Test AUC and GAUC of the simulator's true click probabilities (None for logged data)."""
-    return sim_oracle(SIM_DIR) if protocol == "sim" else None
+    return sim_oracle(sim_dataset().parent) if protocol == "sim" else None
 
 
 SPEC_TIM = "attention_norm: false, keep_history: false"

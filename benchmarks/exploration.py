@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, load_runs, machine, mean_std, write_json  # noqa: E402
 
 OUT = RESULTS / "exploration"
 POLICIES = ["random", "greedy", "epsilon_greedy", "ucb", "thompson", "linucb", "greedy_rew", "thompson_rew"]
@@ -115,7 +115,7 @@ def _rows(recs: list[dict]) -> list[str]:
 
 
 def load() -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
+    return load_runs(OUT / "runs")
 
 
 def main() -> None:

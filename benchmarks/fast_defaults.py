@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, load_runs, machine, mean_std, write_json  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OUT = RESULTS / "profile"
@@ -50,7 +50,7 @@ def main() -> None:
                                "train_samples_per_s": r.train_samples_per_s}
                         write_json(OUT / "fast_defaults_runs" / f"{p}_{m}_{v}_s{seed}.json", rec)
                         print(p, m, v, seed, round(rec["auc"], 4), flush=True)
-    recs = [json.loads(f.read_text()) for f in sorted((OUT / "fast_defaults_runs").glob("*.json"))]
+    recs = load_runs(OUT / "fast_defaults_runs")
     lines = ["# Fast defaults against plain dense Adam (issue 8)", "", "`python benchmarks/fast_defaults.py`", "",
              f"Machine: {json.dumps(machine())}; train.threads=1, two runs sharing the cores. Test AUC, mean ± std "
              "over seeds 1-3; delta = mean difference to `plain`.", "",

@@ -22,14 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, load_runs, machine, mean_std, sim_dataset, write_json  # noqa: E402
 
 from untwine.train.config import ExperimentConfig  # noqa: E402
 from untwine.train.run import run_experiment  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs/bench/multitask")
-SIM_DIR = RUNS / "sim-data"
 OUT = RESULTS / "multitask"
 TASKS = {"p4": ["income", "marital"], "sim": ["click", "conv1", "conv2"]}
 # model -> overrides (besides model.name)
@@ -39,14 +38,7 @@ MODELS = {"single": [], "shared_bottom": [], "esmm": [], "mmoe": [], "ple": ["mo
 
 
 def data_overrides(protocol: str) -> list[str]:
-    if protocol != "sim":
-        return []
-    from untwine.sim import SimConfig, write_dataset
-
-    yaml_path = SIM_DIR / "dataset.yaml"
-    if not yaml_path.exists():
-        write_dataset(SimConfig(n_impressions=1_000_000, seed=2024), SIM_DIR)
-    return [f"dataset={yaml_path.resolve()}"]
+    return [f"dataset={sim_dataset().resolve()}"] if protocol == "sim" else []
 
 
 def run_config(protocol: str, name: str, overrides: list[str], seed: int, extra: list[str]) -> dict:
@@ -83,7 +75,7 @@ def oracle(protocol: str) -> dict[str, float]:
     from untwine.metrics.classification import auc
 
     cols = [c for t in TASKS["sim"] for c in (t, f"p_{t}")]
-    t = pq.read_table(SIM_DIR / "test.parquet", columns=cols)
+    t = pq.read_table(sim_dataset().parent / "test.parquet", columns=cols)
     return {task: auc(t.column(f"p_{task}").to_numpy(), t.column(task).to_numpy()) for task in TASKS["sim"]}
 
 
@@ -139,8 +131,7 @@ def main() -> None:
 
 
 def load(protocol: str | None = None) -> list[dict]:
-    recs = [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
-    return [r for r in recs if protocol is None or r["protocol"] == protocol]
+    return [r for r in load_runs(OUT / "runs") if protocol is None or r["protocol"] == protocol]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, load_runs, machine, mean_std, write_json  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs/bench/streaming")
@@ -81,8 +82,6 @@ def stream(run_dir: Path, d: Path, strategy: str, seed: int) -> tuple[Path, dict
     from untwine.stream.learner import StreamConfig, StreamLearner
 
     out = RUNS / f"{strategy}_s{seed}"
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     jc = JoinerConfig(tasks=TASKS, **STRATEGIES[strategy])
     learner = StreamLearner(run_dir, out, StreamConfig(joiner=jc, batch_size=512, checkpoint_every=200_000,
@@ -175,7 +174,7 @@ def table(recs: list[dict]) -> str:
 
 
 def load() -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
+    return load_runs(OUT / "runs")
 
 
 def main() -> None:

@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mean_std, write_json  # noqa: E402
+from common import RESULTS, load_runs, machine, mean_std, sim_dataset, write_json  # noqa: E402
 
 from untwine.train.config import ExperimentConfig  # noqa: E402
 from untwine.train.run import run_experiment  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs/bench/training")
-SIM_DIR = RUNS / "sim-data"
 OUT = RESULTS / "training"
 RANK = ["train.ranking_weight=1.0", "train.ranking_pairs=16"]
 VARIANTS = {
@@ -43,12 +42,7 @@ SIM_ONLY = {"rew"}
 def base_config(protocol: str) -> tuple[Path, list[str]]:
     if protocol != "sim":
         return CONFIGS / protocol / "dnn.yaml", []
-    from untwine.sim import SimConfig, write_dataset
-
-    yaml_path = SIM_DIR / "dataset.yaml"
-    if not yaml_path.exists():
-        write_dataset(SimConfig(n_impressions=1_000_000, seed=2024), SIM_DIR)
-    return CONFIGS / "p2" / "dnn.yaml", [f"dataset={yaml_path.resolve()}", "tasks=[click]", "train.batch_size=4096"]
+    return CONFIGS / "p2" / "dnn.yaml", [f"dataset={sim_dataset().resolve()}", "tasks=[click]", "train.batch_size=4096"]
 
 
 def run_variant(protocol: str, variant: str, seed: int, extra: list[str]) -> dict:
@@ -88,7 +82,7 @@ def table(recs: list[dict]) -> str:
 
 
 def load() -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted((OUT / "runs").glob("*.json"))]
+    return load_runs(OUT / "runs")
 
 
 def main() -> None:
