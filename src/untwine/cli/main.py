@@ -244,7 +244,7 @@ def stream(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, hel
     from untwine.stream.events import open_source
     from untwine.stream.joiner import JoinerConfig
     from untwine.stream.learner import StreamConfig, StreamLearner
-    from untwine.train.run import load_run
+    from untwine.train.run import load_feature_space
 
     if threads:
         torch.set_num_threads(threads)
@@ -255,7 +255,7 @@ def stream(run_dir: Path = typer.Argument(..., exists=True, file_okay=False, hel
             windows[name] = float(value)
         except ValueError:
             raise typer.BadParameter(f"--window takes TASK=SECONDS, got {w!r}") from None
-    task_list = [t.strip() for t in tasks.split(",")] if tasks else load_run(run_dir)[1].schema.task_names
+    task_list = [t.strip() for t in tasks.split(",")] if tasks else load_feature_space(run_dir).schema.task_names
     try:
         jc = JoinerConfig(tasks=task_list, windows=windows, adaptive=adaptive, quantile=quantile,
                           max_window_s=max_window, late=late)

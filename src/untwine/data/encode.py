@@ -317,12 +317,18 @@ def _encode_chunk(chunk: pa.Table, schema: Schema, vocabs: dict[str, Vocab], sta
             out[f"seq.{f.name}.{side}"] = _pad_lists(side_lists, sids, f.max_len, keep="last")
     for f in schema.vectors:
         out[f"vec.{f.name}"] = _vector_block(chunk.column(f.source), f, path_hint)
-    if not labels:
-        if schema.timestamp:
-            out["timestamp"] = _timestamps(chunk.column(schema.timestamp), schema.timestamp, path_hint)
-        if schema.group_key:
-            out["groups"] = fnv1a64(chunk.column(schema.group_key)).view(np.int64)
-        return out
+    if labels:
+        out.update(_label_arrays(chunk, schema, path_hint))
+    if schema.group_key:
+        out["groups"] = fnv1a64(chunk.column(schema.group_key)).view(np.int64)
+    if schema.timestamp:
+        out["timestamp"] = _timestamps(chunk.column(schema.timestamp), schema.timestamp, path_hint)
+    return out
+
+
+def _label_arrays(chunk: pa.Table, schema: Schema, path_hint: str) -> dict[str, np.ndarray]:
+    """``labels`` (and ``label_mask``, ``weights`` when the schema has them) of a chunk."""
+    out: dict[str, np.ndarray] = {}
     labels = []
     for lab in schema.labels:
         y = chunk.column(lab.source).to_numpy(zero_copy_only=False)
@@ -337,13 +343,9 @@ def _encode_chunk(chunk: pa.Table, schema: Schema, vocabs: dict[str, Vocab], sta
     if any(lab.mask_column for lab in schema.labels):
         out["label_mask"] = np.stack([
             (chunk.column(lab.mask_column).to_numpy(zero_copy_only=False) > 0).astype(np.float32)
-            if lab.mask_column else np.ones(n, np.float32) for lab in schema.labels], axis=1)
+            if lab.mask_column else np.ones(chunk.num_rows, np.float32) for lab in schema.labels], axis=1)
     if schema.weight:
         out["weights"] = np.nan_to_num(chunk.column(schema.weight).to_numpy(zero_copy_only=False), nan=1.0).astype(np.float32)
-    if schema.group_key:
-        out["groups"] = fnv1a64(chunk.column(schema.group_key)).view(np.int64)
-    if schema.timestamp:
-        out["timestamp"] = _timestamps(chunk.column(schema.timestamp), schema.timestamp, path_hint)
     return out
 
 

@@ -106,7 +106,7 @@ def run_loop(cfg: LoopConfig, progress=None) -> list[dict]:
               "random": policies.random_policy}.get(cfg.policy)
     if choose is None and lin is None:
         raise ValueError(f"unknown policy {cfg.policy!r}")
-    history: list[tuple] = []  # (users, ads, day, clicks, exposures) of earlier rounds
+    history: list[tuple] = []  # (users, ads, days, clicks, exposures) of every round, one entry per row
     out = []
     for r in range(cfg.market.rounds):
         ts, users, cand = market.requests()
@@ -121,7 +121,7 @@ def run_loop(cfg: LoopConfig, progress=None) -> list[dict]:
             draws = model.sample(flat).numpy().reshape(-1, *cand.shape)
             pick = choose(bids, draws, rng)
         res = market.serve(ts, users, cand, pick)
-        history.append((res.users, res.chosen, day, res.clicks, res.exposures))
+        history.append((res.users, res.chosen, np.full(len(res.users), day), res.clicks, res.exposures))
         if lin is not None:
             lin.update(feats.context(res.users, day), res.chosen, res.clicks.astype(float))
         elif model is not None:
@@ -137,11 +137,9 @@ def run_loop(cfg: LoopConfig, progress=None) -> list[dict]:
 
 def _train_round(model: PredictiveModel, feats: MarketFeatures, history: list[tuple], cfg: LoopConfig,
                  rng: np.random.Generator) -> None:
-    users, ads, _, clicks, exposures = history[-1]
-    days = np.full(len(users), history[-1][2])
+    users, ads, days, clicks, exposures = history[-1]
     if len(history) > 1 and cfg.replay:
-        old = [np.concatenate([h[k] if k != 2 else np.full(len(h[0]), h[2]) for h in history[:-1]])
-               for k in range(5)]
+        old = [np.concatenate([h[k] for h in history[:-1]]) for k in range(5)]
         take = rng.choice(len(old[0]), min(cfg.replay, len(old[0])), replace=False)
         users, ads, days, clicks, exposures = (np.concatenate([a, o[take]]) for a, o in
                                                zip((users, ads, days, clicks, exposures), old))

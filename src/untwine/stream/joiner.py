@@ -117,7 +117,7 @@ class Joiner:
                 rec["pos"].append(t)
                 self._observe_delay(t, e.ts - rec["ts"])
             return []
-        done = self.closed.get(e.id) or (rec if rec is not None else None)
+        done = self.closed.get(e.id) or rec  # fully closed, or still open for another task
         closed_label = (done or {}).get("closed", {}).get(t)
         if closed_label is None:
             self.counts["orphan_labels"] += 1

@@ -125,7 +125,6 @@ class StreamLearner:
         mask = np.zeros_like(labels)
         mask[np.arange(n), t_idx] = 1.0
         arrays.update(labels=labels, label_mask=mask)
-        arrays.pop("weights", None)
         return make_batch(SplitArrays(arrays=arrays, rows=n), slice(None), self.columns), t_idx
 
     def _train(self, samples: list[Sample]) -> None:
@@ -176,8 +175,7 @@ class StreamLearner:
         for t, ps in self.window.probs.items():
             ys = np.asarray(self.window.labels[t])
             rec["tasks"][t] = {"rows": len(ps), "positives": int(ys.sum()), "mean_prediction": float(np.mean(ps)),
-                               **({k: v for k, v in binary_report(np.asarray(ps), ys).items()}
-                                  if 0 < ys.sum() < len(ys) else {})}
+                               **(binary_report(np.asarray(ps), ys) if 0 < ys.sum() < len(ys) else {})}
         with open(self.out / "progressive.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         self.window = _Window()

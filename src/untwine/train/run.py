@@ -36,7 +36,7 @@ from untwine.metrics.calibrators import calibrator_from_dict, fit_calibrator
 from untwine.models.base import build_model
 from untwine.nn.embedding import SequenceField
 from untwine.train.config import ExperimentConfig, TrainConfig
-from untwine.train.trainer import DistInfo, Trainer, task_metrics, gather_arrays, predict
+from untwine.train.trainer import DistInfo, Trainer, predict, task_metrics, to_true_rate
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -233,13 +233,18 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
     return result
 
 
+def load_feature_space(run_dir: str | Path) -> FeatureSpace:
+    """A run's schema, vocabulary sizes and numeric statistics, without building its model."""
+    return FeatureSpace.from_dict(json.loads((Path(run_dir) / "feature_space.json").read_text()))
+
+
 def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpace, torch.nn.Module]:
     """A finished run's config, feature space and model with its best weights (safetensors, never pickle)."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
     cfg = ExperimentConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    space = FeatureSpace.from_dict(json.loads((run_dir / "feature_space.json").read_text()))
+    space = load_feature_space(run_dir)
     model = build_model(cfg.model.name, space, cfg.model.options())
     model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
     return cfg, space, model.eval()
@@ -268,10 +273,7 @@ def run_predictions(run_dir: str | Path, cfg: ExperimentConfig, tasks: list[str]
                     calibrated: bool = True) -> dict:
     """A model's predictions as its run reports them: down-sampling corrected, then (``calibrated``) mapped
     through the run's calibration.json when it has one."""
-    if cfg.train.negative_keep_rate < 1:
-        from untwine.metrics.calibrators import downsampling_correction
-
-        pred = {**pred, "probs": downsampling_correction(pred["probs"], cfg.train.negative_keep_rate)}
+    pred = to_true_rate(pred, cfg.train.negative_keep_rate)
     path = Path(run_dir) / "calibration.json"
     if calibrated and path.exists():
         pred = apply_calibration(pred, tasks, json.loads(path.read_text()))

@@ -122,6 +122,13 @@ def predict(model: nn.Module, loader: BatchLoader, device: str = "cpu", precisio
     return res
 
 
+def to_true_rate(pred: dict[str, np.ndarray], negative_keep_rate: float) -> dict[str, np.ndarray]:
+    """Predictions of a model trained with negatives kept at ``negative_keep_rate``, on the true rate."""
+    if negative_keep_rate >= 1:
+        return pred
+    return {**pred, "probs": downsampling_correction(pred["probs"], negative_keep_rate).astype(np.float32)}
+
+
 def task_metrics(pred: dict[str, np.ndarray], tasks: list[str]) -> dict[str, dict[str, float]]:
     """binary_report per task (on the rows its mask counts), plus the mean over tasks."""
     out: dict[str, dict[str, float]] = {}
@@ -193,9 +200,7 @@ class Trainer:
         """Every rank's predictions, back on the true rate when training down-sampled negatives."""
         # the unwrapped model: ranks may score different numbers of batches, so no collective per forward
         pred = gather_arrays(predict(self.raw_model, loader, self.info.device, self.cfg.precision), self.info)
-        if self.cfg.negative_keep_rate < 1:
-            pred["probs"] = downsampling_correction(pred["probs"], self.cfg.negative_keep_rate).astype(np.float32)
-        return pred
+        return to_true_rate(pred, self.cfg.negative_keep_rate)
 
     def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
         return task_metrics(self.predict(loader), self.tasks)
