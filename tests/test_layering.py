@@ -1,4 +1,5 @@
-"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim/stream/explore -> cli (checked on the AST)."""
+"""Dependencies point one way: core -> data -> nn -> models -> train -> analysis/sim/stream/explore/retrieval
+-> serving -> cli (rerank needs only core and metrics), checked on the AST."""
 import ast
 from pathlib import Path
 
@@ -17,7 +18,11 @@ ALLOWED = {
     "analysis": {"core", "data", "nn", "models", "metrics", "train", "analysis"},
     "stream": {"core", "data", "nn", "models", "metrics", "train", "stream"},
     "explore": {"core", "data", "nn", "models", "metrics", "train", "sim", "explore"},
-    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "stream", "explore", "cli"},
+    "retrieval": {"core", "data", "nn", "models", "metrics", "train", "retrieval"},
+    "rerank": {"core", "metrics", "rerank"},
+    "serving": {"core", "data", "nn", "models", "metrics", "train", "retrieval", "rerank", "serving"},
+    "cli": {"core", "data", "nn", "models", "metrics", "train", "sim", "analysis", "stream", "explore",
+            "retrieval", "rerank", "serving", "cli"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Re-rank: business rules, MMR and DPP diversification of a ranked list."""

@@ -1,0 +1,1 @@
+"""Recall channels of the funnel: two-tower, ItemCF, Swing, popularity, tags, cold start; ANN indexes; merging."""

@@ -1,0 +1,1 @@
+"""Exported bundles and the HTTP service of the whole funnel."""
