@@ -196,13 +196,16 @@ def simulate(out: Path = typer.Argument(..., help="directory for the log and its
              impressions: int = typer.Option(1_000_000, help="simulated impressions"),
              seed: int = typer.Option(2024),
              events: Optional[str] = typer.Option(None, help="also write these splits (e.g. valid,test) as an "
-                                                              "event stream OUT/events.jsonl for untwine stream")) -> None:
+                                                              "event stream OUT/events.jsonl for untwine stream"),
+             settings: Optional[List[str]] = typer.Option(None, "--set", help="simulator setting, e.g. n_ads=100000")) -> None:
     """Write the built-in simulator's ads log as a dataset (train / valid / test parquet + dataset.yaml)."""
     from untwine.sim import SimConfig, run, write_log
     from untwine.sim.events import write_events
     from untwine.sim.writer import split_rows
+    from untwine.train.config import apply_overrides
 
-    log = run(SimConfig(n_impressions=impressions, seed=seed))
+    extra = apply_overrides({}, list(settings or []))
+    log = run(SimConfig(**{"n_impressions": impressions, "seed": seed, **extra}))
     typer.echo(f"wrote {write_log(log, out)}")
     if events:
         splits = split_rows(log)
@@ -286,6 +289,47 @@ def data_download(name: str = typer.Argument(..., help="dataset name"),
     from untwine.data.download import download
 
     typer.echo(str(download(name, dest)))
+
+
+@app.command()
+def recall(config: Path = typer.Argument(..., exists=True, help="recall YAML (dataset, two-tower, channels, merge)"),
+           overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides, e.g. train.seed=2"),
+           run_dir: Optional[Path] = typer.Option(None, help="run directory (default from config)")) -> None:
+    """Fit the recall channels (two-tower, ItemCF, Swing, popularity, ...) and evaluate them on full ranking."""
+    from untwine.retrieval.run import RecallConfig, run_recall
+
+    cfg = RecallConfig.load(config, list(overrides or []))
+    result = run_recall(cfg, run_dir=run_dir)
+    for name, m in result["test"].items():
+        typer.echo(f"test {name}: " + " ".join(f"{k}={_fmt(v)}" for k, v in m.items() if "@" in k))
+
+
+@app.command()
+def export(run_dirs: List[Path] = typer.Argument(..., exists=True, file_okay=False,
+                                                 help="one recall run (untwine recall) and at most one ranking run"),
+           out: Path = typer.Option(..., "-o", "--out", help="bundle directory (replaced atomically)"),
+           settings: Optional[List[str]] = typer.Option(None, "--set", help="pipeline setting, e.g. prerank_size=300")) -> None:
+    """Write a serving bundle: weights (safetensors), vocabularies, catalogue, ANN index, pipeline, hashed manifest."""
+    from untwine.serving.bundle import PipelineConfig, export_bundle
+    from untwine.train.config import apply_overrides
+
+    pipeline = PipelineConfig.model_validate(apply_overrides({}, list(settings or [])))
+    export_bundle(run_dirs, out, pipeline, log=typer.echo)
+
+
+@app.command()
+def serve(bundle: Path = typer.Argument(..., exists=True, file_okay=False, help="bundle from untwine export"),
+          host: str = typer.Option("127.0.0.1", help="bind address; 0.0.0.0 exposes the service to the network"),
+          port: int = typer.Option(8000),
+          threads: int = typer.Option(1, help="torch intra-op threads per worker"),
+          max_body_bytes: int = typer.Option(1 << 20, help="larger request bodies get 413"),
+          admin_token: Optional[str] = typer.Option(None, envvar="UNTWINE_ADMIN_TOKEN",
+                                                    help="required in X-Admin-Token for /admin/reload when set")) -> None:
+    """Serve a bundle over HTTP: /recommend, /score, /health, /metrics, /admin/reload."""
+    from untwine.serving.server import serve as run_server
+
+    run_server(str(bundle), host=host, port=port, torch_threads=threads, max_body_bytes=max_body_bytes,
+               admin_token=admin_token)
 
 
 @app.command()

@@ -10,12 +10,17 @@ Columns beyond the schema's features: ``request_id``, ``impression_ts`` (int64 s
 ``n_prior_exposures`` (earlier impressions of the same (user, ad) within the fatigue window),
 ``conv1_delay_s``/``conv2_delay_s`` (NaN without conversion) and the ground truth ``p_click``,
 ``p_conv1``, ``p_conv2`` (probabilities per impression; never features).
+
+``items.parquet`` (side file ``items``) is the catalogue: every ad of the world with its item features
+as of the end of the log (``age_days`` = age at the start + ``days``), including ads the log never
+showed; retrieval ranks over it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from untwine.core.dataset_spec import DatasetSpec
@@ -23,7 +28,7 @@ from untwine.core.io import atomic_path
 from untwine.core.schema import Feature, Label, Schema
 from untwine.metrics import auc
 from untwine.sim.simulate import DAY_S, SimLog, run, to_table
-from untwine.sim.world import SimConfig
+from untwine.sim.world import SimConfig, build_world
 
 TASKS = ("click", "conv1", "conv2")
 GROUND_TRUTH = ("p_click", "p_conv1", "p_conv2")
@@ -95,6 +100,16 @@ def write_log(log: SimLog, out_dir: str | Path, name: str = "sim-ads") -> Path:
         with atomic_path(out_dir / f"{split}.parquet") as tmp:
             pq.write_table(to_table(log, rows), tmp, compression="zstd")
         stats[split] = _stats(log, rows)
+    # the catalogue: every ad of the world (not only those the log happened to show), as of the log's end
+    world = build_world(cfg)
+    ext = np.ascontiguousarray(world.ad_ext, dtype=np.float32)
+    items = pa.table({"ad_id": pa.array(np.arange(cfg.n_ads, dtype=np.int64)),
+                      "category": pa.array(world.ad_category), "advertiser": pa.array(world.ad_advertiser),
+                      "price": pa.array(world.ad_price), "age_days": pa.array(world.ad_age0 + cfg.days),
+                      "bid": pa.array(world.ad_bid),
+                      "ad_ext_vec": pa.FixedSizeListArray.from_arrays(pa.array(ext.reshape(-1)), ext.shape[1])})
+    with atomic_path(out_dir / "items.parquet") as tmp:
+        pq.write_table(items, tmp, compression="zstd")
     comp = log.components
     p1 = np.clip(log.columns["p_conv1"], 1e-12, 1 - 1e-12)
     n_train, n_valid, n_test = cfg.split_days()
@@ -107,6 +122,7 @@ def write_log(log: SimLog, out_dir: str | Path, name: str = "sim-ads") -> Path:
         schema=dataset_schema(cfg),
         extra={
             "generator": "untwine.sim",
+            "side_files": {"items": "items.parquet"},
             "seed": cfg.seed,
             "config": cfg.model_dump(mode="json"),
             "split": {"by": "day", "train_days": n_train, "valid_days": n_valid, "test_days": n_test},

@@ -1,0 +1,148 @@
+"""Bundles end to end on a small simulated log: export, hash verification, identical scores after the
+round trip, the funnel's request path (OOV users and items), and the HTTP service over a real bundle."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from untwine.retrieval.run import RecallConfig, run_recall
+from untwine.serving.bundle import BundleError, export_bundle, verify_bundle
+from untwine.serving.contract import RecommendRequest, ScoreRequest
+from untwine.serving.funnel import BundleFunnel
+from untwine.sim import SimConfig, write_dataset
+from untwine.train.config import ExperimentConfig
+from untwine.train.run import load_run, run_experiment
+
+
+@pytest.fixture(scope="module")
+def bundle_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    import os
+    old = os.environ.get("UNTWINE_CACHE")
+    os.environ["UNTWINE_CACHE"] = str(root / "cache")
+    try:
+        yaml_path = write_dataset(SimConfig(n_impressions=20_000, n_users=500, n_ads=300, days=4, seed=3), root / "data")
+        rank_cfg = ExperimentConfig.from_dict({"dataset": str(yaml_path), "tasks": ["click"],
+                                               "model": {"name": "dcnv2", "hidden": [16], "cross_layers": 1},
+                                               "train": {"epochs": 1, "batch_size": 512, "progress": False}})
+        run_experiment(rank_cfg, run_dir=root / "rank", resume=False, log=lambda *_: None)
+        recall_cfg = RecallConfig.model_validate({
+            "dataset": str(yaml_path),
+            "model": {"name": "two_tower", "embedding_dim": 4, "user_hidden": [8], "item_hidden": [8], "output_dim": 8},
+            "train": {"epochs": 1, "batch_size": 128, "progress": False},
+            "channels": {"itemcf": {"type": "itemcf", "top_n": 20}, "popularity": {"type": "popularity"}},
+            "ks": [10]})
+        run_recall(recall_cfg, run_dir=root / "recall", log=lambda *_: None)
+        bundle = export_bundle([root / "recall", root / "rank"], root / "bundle",
+                               {"recall_total": 60, "prerank_size": 40, "index": {"kind": "flat"}},
+                               log=lambda *_: None)
+        yield root, bundle, yaml_path
+    finally:
+        if old is None:
+            os.environ.pop("UNTWINE_CACHE", None)
+        else:
+            os.environ["UNTWINE_CACHE"] = old
+
+
+def _request_user(funnel: BundleFunnel) -> dict:
+    return {"user_id": "7", "age": "2", "gender": "1", "city_tier": "3", "hour": "14", "weekday": "2",
+            "position": "1", "user_ext_vec": [0.1] * 32}
+
+
+def test_manifest_lists_every_file_with_its_hash(bundle_env):
+    _, bundle, _ = bundle_env
+    manifest = verify_bundle(bundle)
+    files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == files
+    assert "recall/index.faiss" in files and "rank/best.safetensors" in files
+    assert not any(f.endswith((".pt", ".pkl", ".pickle")) for f in files), "nothing in a bundle may need unpickling"
+
+
+def test_tampered_bundle_is_refused(bundle_env, tmp_path):
+    _, bundle, _ = bundle_env
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    weights = copy / "rank" / "best.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="altered"):
+        BundleFunnel.load(copy)
+    shutil.copy2(bundle / "rank" / "best.safetensors", weights)
+    (copy / "rank" / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match="not in the manifest"):
+        verify_bundle(copy)
+
+
+def test_scores_through_the_bundle_equal_the_run_model(bundle_env):
+    root, bundle, _ = bundle_env
+    funnel = BundleFunnel.load(bundle)
+    _, space, model = load_run(root / "rank")
+    items = list(funnel.item_ids[:25])
+    user = _request_user(funnel)
+    history = list(funnel.item_ids[30:35])
+    got = funnel.score(ScoreRequest(user=user, history=history, items=items)).scores
+    # reference: the same rows through the run's own encoder path (one record per candidate)
+    from untwine.retrieval.data import encode_rows
+    from untwine.data.encode import load_vocabs, table_from_records
+    import pyarrow as pa
+    vocabs = load_vocabs(space, root / "rank" / "vocab")
+    cat = funnel.catalogue
+    recs = []
+    for i in range(25):
+        rec = {**user, **{c: cat.column(c)[i].as_py() for c in cat.column_names}}
+        rec[space.schema.timestamp] = 0.0
+        rec["hist_ad_id"] = history
+        rec["hist_ts"] = [0.0] * len(history)
+        rec["hist_category"] = [funnel._catalogue_value("category", h) for h in history]
+        recs.append(rec)
+    user_ts = funnel._record(user, history, space)  # the funnel's own timestamp for the request
+    for rec in recs:
+        rec[space.schema.timestamp] = int(user_ts.column(space.schema.timestamp)[0].as_py())
+        rec["hist_ts"] = [rec[space.schema.timestamp]] * len(history)
+    batch = encode_rows(table_from_records(recs, space.schema), space, vocabs)
+    with torch.no_grad():
+        want = torch.sigmoid(model(batch)["click"]).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_recommend_returns_k_unseen_items_with_channels(bundle_env):
+    _, bundle, _ = bundle_env
+    funnel = BundleFunnel.load(bundle)
+    history = list(funnel.item_ids[:5])
+    resp = funnel.recommend(RecommendRequest(user=_request_user(funnel), history=history, k=10, debug=True))
+    ids = [it.item_id for it in resp.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert not set(ids) & set(history), "history items must not be recommended again"
+    assert {it.channel for it in resp.items} <= {"two_tower", "itemcf", "popularity"}
+    assert set(resp.timings_ms) >= {"recall", "prerank", "rank", "rerank", "total"}
+    assert resp.debug["prerank"] <= 40
+
+
+def test_unknown_user_and_items_are_served_through_oov(bundle_env):
+    _, bundle, _ = bundle_env
+    funnel = BundleFunnel.load(bundle)
+    user = {**_request_user(funnel), "user_id": "never-seen"}
+    resp = funnel.recommend(RecommendRequest(user=user, history=["no-such-ad"], k=5))
+    assert len(resp.items) == 5
+    scored = funnel.score(ScoreRequest(user=user, history=[], items=["no-such-ad", funnel.item_ids[0]]))
+    assert scored.unknown_items == ["no-such-ad"] and all(0 < s < 1 for s in scored.scores)
+
+
+def test_http_service_over_a_real_bundle(bundle_env):
+    _, bundle, _ = bundle_env
+    from untwine.serving.app import create_app
+    from untwine.serving.bundle import load_funnel
+
+    client = TestClient(create_app(load_funnel, str(bundle)))
+    funnel = BundleFunnel.load(bundle)
+    r = client.post("/recommend", json={"user": _request_user(funnel), "history": [], "k": 3})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["items"]) == 3 and r.json()["bundle"] == funnel.bundle_id
+    bad = client.post("/recommend", json={"user": {"user_ext_vec": "not a list"}, "history": [], "k": 3})
+    assert bad.status_code == 422 and "user_ext_vec" in bad.text
+    assert client.get("/health").json()["status"] == "ok"
+    assert json.loads(json.dumps(client.get("/health").json()))["describe"]["items"] == len(funnel.item_ids)
