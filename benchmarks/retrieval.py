@@ -23,7 +23,7 @@ from common import RESULTS, machine, write_json  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "runs" / "bench"
 OUT = RESULTS / "retrieval"
-CHANNEL_ORDER = ["popularity", "itemcf", "swing", "two_tower", "merged"]
+CHANNEL_ORDER = ["popularity", "tags", "coldstart", "itemcf", "swing", "two_tower", "merged"]
 
 
 def run_seed(seed: int, threads: int) -> None:

@@ -72,3 +72,18 @@ def test_save_load_roundtrip(tmp_path):
     assert w.values.to_pylist() == ["y", "x"] and w.size == v.size
     with pytest.raises(ValueError):
         Vocab.hashing(3).decode(np.array([2]))
+
+
+def test_small_inputs_take_the_dict_path_with_identical_ids():
+    """Requests (a few values) are looked up in a cached dict; files go through pyarrow's index_in: same ids."""
+    from untwine.data.vocab import SMALL_INPUT
+
+    rng = np.random.default_rng(0)
+    acc = CountAccumulator()
+    acc.add(pa.array([str(x) for x in rng.integers(0, 500, 5000)] + [None] * 3))
+    v = Vocab.from_counts(*acc.result(), min_count=2)
+    probe = [str(x) for x in rng.integers(0, 700, 3 * SMALL_INPUT)] + [None, MISSING]
+    big = v.encode(pa.array(probe))  # longer than SMALL_INPUT: index_in
+    small = np.concatenate([v.encode(pa.array(probe[i:i + 50])) for i in range(0, len(probe), 50)])
+    assert len(probe) > SMALL_INPUT and (big == small).all()
+    assert (big == OOV).any() and (big > OOV).any()

@@ -21,6 +21,7 @@ from untwine.core.io import atomic_path, atomic_write_json
 PAD, OOV = 0, 1
 NUM_RESERVED = 2
 MISSING = "__missing__"
+SMALL_INPUT = 256  # inputs up to this many values are encoded through a cached dict (serving, streaming)
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -78,9 +79,21 @@ class Vocab:
         values = pc.fill_null(pc.cast(values, pa.string()), MISSING)
         if self.hash_buckets:
             return (NUM_RESERVED + fnv1a64(values) % np.uint64(self.hash_buckets)).astype(np.int32)
+        if len(values) <= SMALL_INPUT:
+            # index_in hashes the whole value set on every call (~100 ms for 100k values): a request's
+            # few values are looked up in a dict built once instead
+            lookup = self._lookup()
+            return np.fromiter((lookup.get(v, OOV) for v in values.to_pylist()), np.int32, len(values))
         idx = pc.index_in(values, value_set=self.values)
         idx = pc.fill_null(idx, OOV - NUM_RESERVED)
         return (np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int32) + NUM_RESERVED)
+
+    def _lookup(self) -> dict[str, int]:
+        lookup = self.__dict__.get("_lookup_cache")
+        if lookup is None:  # a benign race: two threads may both build the same dict
+            lookup = {v: i + NUM_RESERVED for i, v in enumerate(self.values.to_pylist())}
+            self.__dict__["_lookup_cache"] = lookup
+        return lookup
 
     def decode(self, ids: np.ndarray) -> list[str | None]:
         """Values of ``ids`` (None for PAD/OOV); not available for hashing vocabularies."""

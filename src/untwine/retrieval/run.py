@@ -34,15 +34,21 @@ from untwine.data.encode import load_vocabs, prepare
 from untwine.metrics.retrieval import topk_metrics
 from untwine.models import build_model
 from untwine.retrieval.channel import RetrievalChannel
+from untwine.retrieval.coldstart import ColdStartChannel
 from untwine.retrieval.data import RetrievalData, load_retrieval_data
 from untwine.retrieval.itemcf import ItemCFChannel, SwingChannel
 from untwine.retrieval.merge import merge_channels
 from untwine.retrieval.popularity import PopularityChannel
+from untwine.retrieval.tags import TagChannel
 from untwine.retrieval.two_tower import TwoTowerTrainConfig, encode_vectors, evaluate_two_tower, fit_two_tower
 from untwine.train.config import ModelSection
 from untwine.train.run import resolve_dataset, seed_everything
 
-CHANNEL_TYPES: dict[str, type[RetrievalChannel]] = {c.kind: c for c in (PopularityChannel, ItemCFChannel, SwingChannel)}
+CHANNEL_TYPES: dict[str, type[RetrievalChannel]] = {
+    c.kind: c for c in (PopularityChannel, ItemCFChannel, SwingChannel, TagChannel, ColdStartChannel)}
+# channels fitted on an item-side matrix built from a catalogue column (``feature``): the tag channel's
+# item x tag incidence, the cold-start channel's content vectors
+SIDE_ARGUMENT = {"tags": "item_tags", "coldstart": "item_attributes"}
 
 
 class ChannelSpec(BaseModel):
@@ -52,7 +58,11 @@ class ChannelSpec(BaseModel):
     type: str
 
     def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        return {k: v for k, v in (self.model_extra or {}).items() if k != "feature"}
+
+    @property
+    def feature(self) -> str | None:
+        return (self.model_extra or {}).get("feature")
 
 
 class MergeSpec(BaseModel):
@@ -90,6 +100,26 @@ def build_channel(name: str, spec: ChannelSpec) -> RetrievalChannel:
         raise ValueError(f"channel {name!r}: unknown type {spec.type!r}; known: {sorted(CHANNEL_TYPES)}")
     cls = CHANNEL_TYPES[spec.type]
     return cls(cls.config_class.model_validate({"name": name, **spec.options()}))
+
+
+def item_side_matrix(data: RetrievalData, schema, column: str):
+    """(N, T) multi-hot CSR of a categorical or multi-valued catalogue column, or the (N, d) float32
+    array of a vector column."""
+    import scipy.sparse as sp
+
+    if column not in data.items.column_names:
+        raise ValueError(f"channel feature {column!r} is not an item column of the catalogue "
+                         f"{data.items.column_names}")
+    feature = next((f for f in schema.features if f.source == column), None)
+    values = data.items.column(column).to_pylist()
+    if feature is not None and feature.kind.value == "vector":
+        return np.asarray(values, dtype=np.float32)
+    delimiter = feature.delimiter if feature is not None and feature.kind.value == "multi_categorical" else None
+    tokens = [[] if v is None else (str(v).split(delimiter) if delimiter else [str(v)]) for v in values]
+    vocab = {t: j for j, t in enumerate(sorted({t for ts in tokens for t in ts if t}))}
+    rows = np.repeat(np.arange(len(tokens)), [len([t for t in ts if t]) for ts in tokens])
+    cols = np.array([vocab[t] for ts in tokens for t in ts if t], dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(tokens), len(vocab)))
 
 
 def load_channel(directory: Path, name: str) -> RetrievalChannel:
@@ -134,8 +164,14 @@ def run_recall(cfg: RecallConfig, run_dir: str | Path | None = None, log: Callab
     train_matrix = data.matrix(("train",))
     for name, ch_spec in cfg.channels.items():
         channel = build_channel(name, ch_spec)
+        side = {}
+        if ch_spec.type in SIDE_ARGUMENT:
+            if ch_spec.feature is None:
+                raise ValueError(f"channel {name!r} ({ch_spec.type}) needs `feature`: the catalogue column "
+                                 f"it reads (e.g. genres, category)")
+            side[SIDE_ARGUMENT[ch_spec.type]] = item_side_matrix(data, spec.schema, ch_spec.feature)
         t = time.perf_counter()
-        channel.fit(train_matrix)
+        channel.fit(train_matrix, **side)
         result["fit_seconds"][name] = time.perf_counter() - t
         save_channel(run_dir / "channels", channel)
         for split in lists:

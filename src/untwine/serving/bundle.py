@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,8 +52,11 @@ class PipelineConfig(BaseModel):
     category_feature: str | None = None  # item column for the re-rank rules and coverage (default: first
     # item categorical after the item key)
     promoted_feature: str | None = None  # item column, truthy = promoted (the one-per-window rule)
-    rerank: RerankConfig = RerankConfig(k=20, depth=100)
-    index: IndexConfig = IndexConfig(kind="hnsw")
+    rerank: RerankConfig = RerankConfig(k=20, depth=50)
+    # bf16 autocast of the ranking forward: about 2x faster on CPUs with avx512_bf16 (benchmarks/results/
+    # serving), scores within bf16 rounding of fp32; fp32 by default so bundle scores equal the run's
+    rank_precision: Literal["fp32", "bf16"] = "fp32"
+    index: IndexConfig = IndexConfig(kind="ivf_flat", nprobe=32, threads=1)  # benchmarks/results/retrieval/ann.md
     history_feature: str | None = None  # the user-side sequence fed from the request's history (auto)
 
 
