@@ -1,0 +1,131 @@
+"""Merging the recall channels of one request into the candidate set handed to ranking.
+
+Rule (deterministic; ``priority`` = channel order, default the insertion order of ``results``):
+
+1. Quotas: channel by channel in priority order, walk its list (best first, ``-1`` padding skipped)
+   and take items not already taken until it has contributed ``quotas[name]`` NEW items (a duplicate
+   costs no quota: it is skipped) or its list ends. Stop as soon as ``total`` items are taken, so when
+   the quotas add up to more than ``total``, the lowest-priority channels are cut.
+2. Fill: if fewer than ``total`` were taken, go round-robin over the channels in priority order, each
+   turn taking the channel's next not-yet-taken item from where its walk stopped, until ``total`` items
+   or every list is used up.
+
+An item is attributed to the first channel that brought it (dedup) and keeps that channel's score.
+A channel missing from ``quotas`` has quota 0 (it only fills).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MergedCandidates", "merge_channels", "merge_batch"]
+
+
+@dataclass(frozen=True)
+class MergedCandidates:
+    """One request's merged candidates; item p came from channel ``channel_names[channels[p]]``."""
+
+    items: np.ndarray                # (n,) int64 catalogue indices, n <= total
+    channels: np.ndarray             # (n,) int64 index into ``channel_names``
+    scores: np.ndarray               # (n,) float32, the score the attributed channel gave
+    channel_names: tuple[str, ...]   # the priority order
+
+    def origin(self) -> list[str]:
+        """The channel name of each item."""
+        return [self.channel_names[c] for c in self.channels]
+
+
+def _priority(results: Mapping, quotas: Mapping[str, int], priority: Sequence[str] | None) -> tuple[str, ...]:
+    order = tuple(results) if priority is None else tuple(priority)
+    if len(set(order)) != len(order):
+        raise ValueError(f"priority lists a channel twice: {list(order)}")
+    if set(order) != set(results):
+        raise ValueError(f"priority {sorted(order)} must name exactly the channels of results {sorted(results)}")
+    unknown = set(quotas) - set(results)
+    if unknown:
+        raise ValueError(f"quotas name channels without results: {sorted(unknown)}")
+    bad = {n: q for n, q in quotas.items() if int(q) < 0}
+    if bad:
+        raise ValueError(f"quotas must be >= 0, got {bad}")
+    return order
+
+
+def _lists(results: Mapping[str, tuple[np.ndarray, np.ndarray]], order: Sequence[str]):
+    out = []
+    for name in order:
+        ids, scores = results[name]
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        scores = np.asarray(scores, dtype=np.float32).ravel()
+        if ids.shape != scores.shape:
+            raise ValueError(f"channel {name!r}: {len(ids)} ids but {len(scores)} scores")
+        keep = ids >= 0
+        out.append((ids[keep].tolist(), scores[keep].tolist()))
+    return out
+
+
+def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas: Mapping[str, int], total: int,
+                   priority: Sequence[str] | None = None) -> MergedCandidates:
+    """Merge ONE request's channel lists ``{name: (ids, scores)}`` into at most ``total`` candidates."""
+    if total < 0:
+        raise ValueError(f"total must be >= 0, got {total}")
+    order = _priority(results, quotas, priority)
+    lists = _lists(results, order)
+    cursor = [0] * len(order)
+    taken: set[int] = set()
+    items: list[int] = []
+    chan: list[int] = []
+    scores: list[float] = []
+
+    def take_next(c: int, budget: int) -> int:
+        """Take up to ``budget`` new items from channel c; returns how many were taken."""
+        ids, sc = lists[c]
+        got = 0
+        while got < budget and cursor[c] < len(ids) and len(items) < total:
+            item = ids[cursor[c]]
+            if item not in taken:
+                taken.add(item)
+                items.append(item)
+                chan.append(c)
+                scores.append(sc[cursor[c]])
+                got += 1
+            cursor[c] += 1
+        return got
+
+    for c, name in enumerate(order):
+        take_next(c, int(quotas.get(name, 0)))
+    while len(items) < total:
+        progressed = False
+        for c in range(len(order)):
+            if len(items) >= total:
+                break
+            progressed |= take_next(c, 1) > 0
+        if not progressed:
+            break
+    return MergedCandidates(items=np.asarray(items, dtype=np.int64), channels=np.asarray(chan, dtype=np.int64),
+                            scores=np.asarray(scores, dtype=np.float32), channel_names=order)
+
+
+def merge_batch(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas: Mapping[str, int], total: int,
+                priority: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """:func:`merge_channels` for a batch of requests: each channel gives (B, k_c) ids and scores.
+
+    Returns (B, total) items (-1 padding), channel indices (-1 padding), scores (-inf padding), and the
+    channel names in priority order.
+    """
+    order = _priority(results, quotas, priority)
+    sizes = {name: np.asarray(results[name][0]).shape[0] for name in order}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"channels disagree on the number of requests: {sizes}")
+    n = next(iter(sizes.values()), 0)
+    items = np.full((n, total), -1, dtype=np.int64)
+    chan = np.full((n, total), -1, dtype=np.int64)
+    scores = np.full((n, total), -np.inf, dtype=np.float32)
+    for q in range(n):
+        m = merge_channels({name: (np.asarray(results[name][0])[q], np.asarray(results[name][1])[q])
+                            for name in order}, quotas, total, order)
+        items[q, :len(m.items)] = m.items
+        chan[q, :len(m.items)] = m.channels
+        scores[q, :len(m.items)] = m.scores
+    return items, chan, scores, order
