@@ -391,6 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--funnel-threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--processes", type=int, default=1, help="server --processes (funnel worker processes)")
     p.add_argument("--reload-during", action="store_true", help="reload halfway through the concurrency-8 run")
     p.add_argument("--reload-bundle", default=None, help="bundle the reload loads (default: the same bundle)")
     p.add_argument("--startup-timeout", type=float, default=180.0)
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         server_cmd = [sys.executable, "-m", "untwine.serving.server", bundle, "--port", str(port),
                       "--loader", loader, "--torch-threads", str(args.torch_threads), "--workers", str(args.workers),
-                      "--log-level", "warning"]
+                      "--processes", str(args.processes), "--log-level", "warning"]
         if args.funnel_threads:
             server_cmd += ["--funnel-threads", str(args.funnel_threads)]
     env = {**os.environ, "UNTWINE_ADMIN_TOKEN": token,
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fake": args.fake, "machine": machine(), "command": shlex.join([sys.executable, *sys.argv]),
         "server_command": shlex.join(server_cmd),
         "server": {"torch_threads": args.torch_threads if not args.server_cmd else None,
-                   "funnel_threads": health.get("funnel_threads"), "workers": args.workers,
+                   "funnel_threads": health.get("funnel_threads"), "workers": args.workers, "processes": args.processes,
                    "bundle": health["bundle"], "describe": health["describe"]},
         "client": {"kind": client, "wrk_threads": args.wrk_threads if client == "wrk" else None,
                    "timeout_s": args.timeout, "duration_s": args.duration, "warmup_s": args.warmup},
@@ -535,7 +536,7 @@ def markdown(r: dict) -> str:
         f"- command: `{r['command']}`",
         f"- server: `{r['server_command']}`",
         f"- server threads: torch_threads={s['torch_threads']}, funnel_threads={s['funnel_threads']}, "
-        f"workers={s['workers']}; bundle `{s['bundle']}` ({s['describe'].get('items', '?')} items)",
+        f"workers={s['workers']}, funnel processes={s.get('processes', 1)}; bundle `{s['bundle']}` ({s['describe'].get('items', '?')} items)",
         f"- client: {c['kind']}" + (f" (-t {c['wrk_threads']})" if c["wrk_threads"] else "")
         + f", closed loop on loopback, {c['duration_s']:g} s per concurrency after {c['warmup_s']:g} s of warm-up, "
           f"timeout {c['timeout_s']:g} s; client and server share the machine's cores",

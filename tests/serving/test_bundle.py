@@ -146,3 +146,33 @@ def test_http_service_over_a_real_bundle(bundle_env):
     assert bad.status_code == 422 and "user_ext_vec" in bad.text
     assert client.get("/health").json()["status"] == "ok"
     assert json.loads(json.dumps(client.get("/health").json()))["describe"]["items"] == len(funnel.item_ids)
+
+
+def test_recommended_scores_equal_the_score_endpoint(bundle_env):
+    """recommend reuses the two-tower's encoded request row for the ranker (same features, identical
+    vocabularies); its scores must equal the ranker's own encoding through /score."""
+    _, bundle, _ = bundle_env
+    funnel = BundleFunnel.load(bundle)
+    assert funnel.shared_rows
+    user, history = _request_user(funnel), list(funnel.item_ids[10:14])
+    rec = funnel.recommend(RecommendRequest(user={**user, "impression_ts": 1_700_000_000}, history=history, k=8))
+    ids = [it.item_id for it in rec.items]
+    scored = funnel.score(ScoreRequest(user={**user, "impression_ts": 1_700_000_000}, history=history, items=ids))
+    np.testing.assert_allclose([it.score for it in rec.items], scored.scores, rtol=1e-5, atol=1e-7)
+
+
+def test_process_pool_funnel_serves_the_bundle_and_forwards_bad_input(bundle_env):
+    from untwine.data.readers import BadInputError
+    from untwine.serving.pool import ProcessPoolFunnel
+
+    _, bundle, _ = bundle_env
+    funnel = BundleFunnel.load(bundle)
+    pool = ProcessPoolFunnel(str(bundle), processes=2)
+    try:
+        assert pool.bundle_id == funnel.bundle_id and pool.describe()["items"] == len(funnel.item_ids)
+        req = ScoreRequest(user=_request_user(funnel), history=[], items=list(funnel.item_ids[:6]))
+        np.testing.assert_allclose(pool.score(req).scores, funnel.score(req).scores, rtol=1e-6)
+        with pytest.raises(BadInputError, match="user_ext_vec"):
+            pool.score(ScoreRequest(user={"user_ext_vec": "oops"}, history=[], items=["1"]))
+    finally:
+        pool.close()

@@ -322,6 +322,8 @@ def serve(bundle: Path = typer.Argument(..., exists=True, file_okay=False, help=
           host: str = typer.Option("127.0.0.1", help="bind address; 0.0.0.0 exposes the service to the network"),
           port: int = typer.Option(8000),
           threads: int = typer.Option(1, help="torch intra-op threads per worker"),
+          processes: int = typer.Option(1, help="funnel worker processes (requests go to a free one); "
+                                                "2 on 2 cores: benchmarks/results/serving/loadtest.md"),
           max_body_bytes: int = typer.Option(1 << 20, help="larger request bodies get 413"),
           admin_token: Optional[str] = typer.Option(None, envvar="UNTWINE_ADMIN_TOKEN",
                                                     help="required in X-Admin-Token for /admin/reload when set")) -> None:
@@ -329,7 +331,7 @@ def serve(bundle: Path = typer.Argument(..., exists=True, file_okay=False, help=
     from untwine.serving.server import serve as run_server
 
     run_server(str(bundle), host=host, port=port, torch_threads=threads, max_body_bytes=max_body_bytes,
-               admin_token=admin_token)
+               admin_token=admin_token, processes=processes)
 
 
 @app.command()

@@ -73,6 +73,13 @@ def _item_side(schema: Schema) -> dict[str, bool]:
     return side
 
 
+def _features_view(space: FeatureSpace) -> dict:
+    """What encoding a request row depends on: the space without its labels."""
+    d = space.to_dict()
+    d["schema"] = {k: v for k, v in d["schema"].items() if k not in ("labels",)}
+    return d
+
+
 class RowEncoder:
     """Candidate batches for one model: catalogue item rows (encoded once) beside one user row."""
 
@@ -85,15 +92,18 @@ class RowEncoder:
         self.num_item = np.array([f.group == FieldGroup.ITEM for f in schema.numeric], bool)
         self.items = self._encode(catalogue, "catalogue")
 
-    def _encode(self, table: pa.Table, where: str) -> dict[str, np.ndarray]:
-        arrays = encode_features(fill_missing_columns(table, self.space.schema), self.space, self.vocabs, where=where)
+    def _encode(self, table: pa.Table, where: str, filled: bool = False) -> dict[str, np.ndarray]:
+        if not filled:
+            table = fill_missing_columns(table, self.space.schema)
+        arrays = encode_features(table, self.space, self.vocabs, where=where)
         if "categorical" in arrays:
             arrays["categorical"] = arrays["categorical"].astype(np.int64)
         return arrays
 
     def user_row(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """Encode a request row that ``BundleFunnel._record`` built (every schema column present)."""
         try:
-            return self._encode(table, "request")
+            return self._encode(table, "request", filled=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. a timestamp that is not an integer
             raise BadInputError(f"request: {e}") from None
 
@@ -157,6 +167,10 @@ class BundleFunnel:
                 raise ValueError(f"pipeline rank_task {self.rank_task!r} is not a task of the ranking model {tasks}")
         else:
             self.ranker, self.rank_space, self.rank_rows, self.rank_task = None, None, None, None
+        # the same features (labels may differ: the ranker may train on fewer tasks) and byte-identical
+        # vocabularies, as when both runs encoded one dataset: one encoded request row serves both models
+        self.shared_schema = self.rank_space is not None and _features_view(self.rank_space) == _features_view(self.tower_space)
+        self.shared_rows = self.shared_schema and self._vocab_hashes("recall") == self._vocab_hashes("rank")
         self.quotas = cfg.quotas or self._default_quotas()
         unknown = sorted(set(self.quotas) - set(self.channels) - {TWO_TOWER})
         if unknown:
@@ -186,6 +200,10 @@ class BundleFunnel:
         self._recommend(RecommendRequest(user={}, history=list(self.item_ids[:3]), k=5), count_impressions=False)
 
     # ---- load-time helpers
+
+    def _vocab_hashes(self, run: str) -> dict[str, str]:
+        prefix = f"{run}/vocab/"
+        return {k[len(prefix):]: v["sha256"] for k, v in self.manifest["files"].items() if k.startswith(prefix)}
 
     def _default_quotas(self) -> dict[str, int]:
         total = self.config.recall_total
@@ -243,11 +261,18 @@ class BundleFunnel:
                     col = schema.feature(ref).source
                     rec[side] = [self._catalogue_value(col, h) for h in history]
         try:
-            return table_from_records([rec], schema, where="request")
+            return fill_missing_columns(table_from_records([rec], schema, where="request"), schema)
         except BadInputError:
             raise
         except (TypeError, ValueError, pa.ArrowException) as e:
             raise BadInputError(f"request: {e}") from None
+
+    def _records(self, user: dict, history: list[str]) -> tuple[pa.Table, pa.Table | None]:
+        """The request row for the two-tower and for the ranker (one table when their schemas agree)."""
+        tower = self._record(user, history, self.tower_space)
+        if self.rank_space is None:
+            return tower, None
+        return tower, tower if self.shared_schema else self._record(user, history, self.rank_space)
 
     def _catalogue_value(self, column: str, item_id: str) -> str:
         i = self.index_of.get(item_id)
@@ -260,8 +285,9 @@ class BundleFunnel:
         return np.array([self.index_of[i] for i in ids if i in self.index_of], dtype=np.int64)
 
     @torch.inference_mode()
-    def _user_vector(self, user: dict, history: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        row = self.tower_rows.user_row(self._record(user, history, self.tower_space))
+    def _user_vector(self, table: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The request's user vector and its encoded row (reused by the ranker when ``shared_rows``)."""
+        row = self.tower_rows.user_row(table)
         one = self.tower_rows.batch(row, np.zeros(1, np.int64))  # any item row: the user tower ignores it
         return self.tower.user_vectors(one)[0].numpy(), row
 
@@ -276,7 +302,8 @@ class BundleFunnel:
         t0 = time.perf_counter()
         history = self._known(req.history)
         exclude = np.union1d(history, self._known(req.exclude))
-        u, _ = self._user_vector(req.user, req.history)
+        tower_table, rank_table = self._records(req.user, req.history)
+        u, tower_row = self._user_vector(tower_table)
         results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, quota in self.quotas.items():
             if quota <= 0:
@@ -303,7 +330,8 @@ class BundleFunnel:
         origin = [origin[i] for i in keep]
         t2 = time.perf_counter()
         timings["prerank"] = (t2 - t1) * 1e3
-        rel = self._rank(req.user, req.history, cands) if self.ranker is not None else pre
+        rel = (self._rank(rank_table, cands, row=tower_row if self.shared_rows else None)
+               if self.ranker is not None else pre)
         t3 = time.perf_counter()
         timings["rank"] = (t3 - t2) * 1e3
         rr_cfg = self.rerank_config.model_copy(update={"k": req.k})
@@ -326,8 +354,9 @@ class BundleFunnel:
         return RecommendResponse(items=items, timings_ms=timings, bundle=self.bundle_id, debug=debug)
 
     @torch.inference_mode()
-    def _rank(self, user: dict, history: list[str], rows: np.ndarray, extra: dict | None = None) -> np.ndarray:
-        user_row = self.rank_rows.user_row(self._record(user, history, self.rank_space))
+    def _rank(self, table: pa.Table, rows: np.ndarray, extra: dict | None = None,
+              row: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        user_row = self.rank_rows.user_row(table) if row is None else row
         batch = self.rank_rows.batch(user_row, rows, extra)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.rank_precision == "bf16"):
             logits = self.ranker(batch)[self.rank_task]
@@ -340,10 +369,11 @@ class BundleFunnel:
         rows = np.array([self.index_of[i] for i in known], dtype=np.int64)
         encoder = self.rank_rows or self.tower_rows
         extra = encoder.unknown_items(self.item_key, unknown) if unknown else None
+        tower_table, rank_table = self._records(req.user, req.history)
         if self.ranker is not None:
-            scores = self._rank(req.user, req.history, rows, extra)
+            scores = self._rank(rank_table, rows, extra)
         else:
-            u, user_row = self._user_vector(req.user, req.history)
+            u, user_row = self._user_vector(tower_table)
             vec = self.item_vectors[rows]
             if extra is not None:
                 with torch.inference_mode():

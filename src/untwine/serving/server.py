@@ -9,7 +9,9 @@ splitting each request's small matrix products over intra-op threads, and severa
 (one per concurrent request) would oversubscribe the cores. ``funnel_threads`` (default: cores /
 workers) is the number of requests one worker runs at once; the rest queue.
 
-``workers > 1`` runs that many processes on one socket, each with its own copy of the bundle (memory
+``processes > 1`` keeps one HTTP process and runs the funnel in that many worker processes, each
+request going to a free one (``untwine.serving.pool``): the cores are used and the load stays even;
+``/admin/reload`` builds a new pool and swaps it in. ``workers > 1`` instead runs that many processes on one socket, each with its own copy of the bundle (memory
 x workers). ``/admin/reload`` then reaches only the worker that accepted the connection: use the
 file watch (``--watch-interval``), which every worker runs, to roll a new bundle out to all of them.
 """
@@ -118,7 +120,7 @@ def serve(bundle_path: str, host: str = "127.0.0.1", port: int = 8000, workers: 
           max_body_bytes: int = 1 << 20, *, torch_threads: int = 1, funnel_threads: int | None = None,
           admin_token: str | None = None, watch_interval_s: float | None = None,
           watch_file: str = "manifest.json", access_log: bool = False,
-          limit_concurrency: int | None = None) -> None:
+          limit_concurrency: int | None = None, processes: int = 1) -> None:
     """Serve the bundle until interrupted. ``loader`` is a ``module:function`` spec or (one worker only) a callable.
 
     ``access_log`` is off by default: one log line per request costs more CPU than a small funnel call.
@@ -126,6 +128,14 @@ def serve(bundle_path: str, host: str = "127.0.0.1", port: int = 8000, workers: 
     """
     import uvicorn
 
+    if processes > 1:  # one HTTP process, the funnel in `processes` worker processes (untwine.serving.pool)
+        if workers != 1 or loader != DEFAULT_LOADER:
+            raise ValueError("processes > 1 runs the bundle loader in a process pool: use one worker and the "
+                             "default loader")
+        os.environ["UNTWINE_FUNNEL_PROCESSES"] = str(processes)
+        os.environ["UNTWINE_TORCH_THREADS"] = str(torch_threads)
+        loader = "untwine.serving.pool:load_pool_funnel"
+        funnel_threads = funnel_threads or 2 * processes  # one queued per worker hides the hand-off (loadtest.md)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if host not in ("127.0.0.1", "::1", "localhost") and admin_token is None:
@@ -159,6 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes the service)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--processes", type=int, default=1,
+                   help="funnel worker processes behind one HTTP process, requests dispatched to the free one")
     p.add_argument("--loader", default=DEFAULT_LOADER, help="module:function returning a Funnel for a path")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
@@ -180,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           log_level=args.log_level, max_body_bytes=args.max_body_bytes, torch_threads=args.torch_threads,
           funnel_threads=args.funnel_threads, admin_token=os.environ.get(args.admin_token_env) or None,
           watch_interval_s=args.watch_interval, watch_file=args.watch_file, access_log=args.access_log,
-          limit_concurrency=args.limit_concurrency)
+          limit_concurrency=args.limit_concurrency, processes=args.processes)
 
 
 if __name__ == "__main__":

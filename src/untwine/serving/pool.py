@@ -1,0 +1,103 @@
+"""A funnel spread over worker processes, dispatched per request: how one server uses every core.
+
+The funnel is mostly Python (feature encoding, channel lookups, merging, re-ranking) around a few
+torch and faiss calls, so threads of one process serialise on the GIL: two funnel threads served no
+more requests per second than one on 2 cores (benchmarks/results/serving). Several uvicorn workers
+would use the cores but bind each keep-alive connection to one process, so a load of 8 connections
+lands unevenly and the busier worker sets the tail latency.
+
+``ProcessPoolFunnel`` keeps one HTTP process and hands every request to whichever of N worker
+processes is free (``concurrent.futures.ProcessPoolExecutor``: a shared call queue). Each worker loads
+the bundle once (hashes verified, warmed up) and answers with the response as JSON text; requests go
+to it as JSON text too, so nothing but strings and exceptions crosses the process boundary.
+
+Reload: the app's loader builds a new pool (new processes, the new bundle) while the old one serves;
+the app swaps references; the old pool finishes what was submitted to it and exits when the last
+request holding it lets go. Cold-start impression counters live in each worker (per-process quotas).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from untwine.serving.contract import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
+
+_FUNNEL = None  # the bundle of this worker process
+
+
+def _init_worker(path: str, torch_threads: int) -> None:
+    global _FUNNEL
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    from untwine.serving.funnel import BundleFunnel
+
+    _FUNNEL = BundleFunnel.load(path)
+
+
+def _describe() -> dict[str, Any]:
+    return {"bundle_id": _FUNNEL.bundle_id, **_FUNNEL.describe(), "pid": os.getpid()}
+
+
+def _recommend(body: str) -> str:
+    return _FUNNEL.recommend(RecommendRequest.model_validate_json(body)).model_dump_json()
+
+
+def _score(body: str) -> str:
+    return _FUNNEL.score(ScoreRequest.model_validate_json(body)).model_dump_json()
+
+
+class ProcessPoolFunnel:
+    """The ``Funnel`` protocol over ``processes`` workers, each holding the bundle at ``path``."""
+
+    def __init__(self, path: str, processes: int = 2, torch_threads: int = 1) -> None:
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        # spawn, not fork: forking a process that already runs torch / OpenMP threads can deadlock
+        env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        for k in env:  # a worker is one request at a time: BLAS / OpenMP pools would only oversubscribe
+            os.environ[k] = str(torch_threads)
+        try:
+            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(str(path), torch_threads))
+            # one task per worker, submitted together, so every process has loaded before serving starts
+            infos = [f.result() for f in [self._pool.submit(_describe) for _ in range(processes)]]
+        except BaseException:
+            if hasattr(self, "_pool"):
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.bundle_id = infos[0]["bundle_id"]
+        self._info = {k: v for k, v in infos[0].items() if k not in ("bundle_id", "pid")}
+        self._info["processes"] = processes
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        return RecommendResponse.model_validate_json(self._pool.submit(_recommend, req.model_dump_json()).result())
+
+    def score(self, req: ScoreRequest) -> ScoreResponse:
+        return ScoreResponse.model_validate_json(self._pool.submit(_score, req.model_dump_json()).result())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __del__(self) -> None:  # the app dropped it after a reload: let submitted work finish, then exit
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+def load_pool_funnel(path: str) -> ProcessPoolFunnel:
+    """Loader for ``untwine serve --processes N`` (N and the torch threads come from the environment the
+    server sets: ``UNTWINE_FUNNEL_PROCESSES``, ``UNTWINE_TORCH_THREADS``)."""
+    return ProcessPoolFunnel(path, int(os.environ.get("UNTWINE_FUNNEL_PROCESSES", "2")),
+                             int(os.environ.get("UNTWINE_TORCH_THREADS", "1")))
