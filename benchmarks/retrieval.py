@@ -1,11 +1,15 @@
-"""P7 (PROTOCOLS.md): popularity, ItemCF, Swing, two-tower and the merged funnel list on MovieLens 1M,
-full ranking over all 3,883 movies with the train items excluded; Recall/NDCG@20/50/100, mean ± std
-over seeds (the two-tower's init and batch order; the item-based channels are deterministic).
+"""P7 and P6 (PROTOCOLS.md): popularity, tags, cold start, ItemCF, Swing, two-tower and the merged funnel
+list, full ranking; mean ± std over seeds (the two-tower's init and batch order; the item-based channels
+are deterministic).
 
-    python benchmarks/retrieval.py --seeds 2024 2025 2026            # runs untwine recall per seed
-    python benchmarks/retrieval.py --report                          # tables from the saved runs
+- P7: MovieLens 1M, all 3,883 movies ranked, train items excluded; Recall/NDCG@20/50/100.
+- P6: Amazon Beauty leave-one-out, all 12,101 items ranked, every earlier item excluded; HR/NDCG@10/20
+  (one target per user: HR@K = Recall@K).
 
-Writes benchmarks/results/retrieval/p7.md and p7.json; run directories under runs/bench/p7-recall-s*.
+    python benchmarks/retrieval.py --protocol p7 --seeds 2024 2025 2026   # runs untwine recall per seed
+    python benchmarks/retrieval.py --protocol p6 --report                 # tables from the saved runs
+
+Writes benchmarks/results/retrieval/<protocol>.md and .json; runs under runs/bench/<protocol>-recall-s*.
 """
 from __future__ import annotations
 
@@ -26,29 +30,39 @@ OUT = RESULTS / "retrieval"
 CHANNEL_ORDER = ["popularity", "tags", "coldstart", "itemcf", "swing", "two_tower", "merged"]
 
 
-def run_seed(seed: int, threads: int) -> None:
-    run_dir = RUNS / f"p7-recall-s{seed}"
-    cmd = [str(REPO / ".venv" / "bin" / "untwine"), "recall", str(REPO / "configs" / "p7" / "recall.yaml"),
+DESCRIPTION = {
+    "p7": ("P7 recall-ml1m: full-ranking retrieval",
+           "MovieLens 1M implicit pairs, per-user 80/10/10 split (PROTOCOLS.md P7). Every channel ranks all "
+           "3,883 movies of movies.dat; the user's train items are excluded; metrics on the test items of "
+           "each of the 6,040 users.", (20, 50, 100), "Recall"),
+    "p6": ("P6 seq-beauty, retrieval form: full-ranking retrieval",
+           "Amazon Beauty (S3-Rec), leave-one-out (PROTOCOLS.md P6). Every channel ranks all 12,101 items; all "
+           "of the user's earlier items are excluded (the history's first item included); the target is the "
+           "last item of each of the 22,363 users, so HR@K = Recall@K.", (10, 20), "HR"),
+}
+
+
+def run_seed(protocol: str, seed: int, threads: int) -> None:
+    run_dir = RUNS / f"{protocol}-recall-s{seed}"
+    cmd = [str(REPO / ".venv" / "bin" / "untwine"), "recall", str(REPO / "configs" / protocol / "recall.yaml"),
            f"train.seed={seed}", f"train.threads={threads}", "train.progress=false", "--run-dir", str(run_dir)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     print(f"seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def report(seeds: list[int], threads: int) -> None:
+def report(protocol: str, seeds: list[int], threads: int) -> None:
     results = {}
     for seed in seeds:
-        path = RUNS / f"p7-recall-s{seed}" / "result.json"
+        path = RUNS / f"{protocol}-recall-s{seed}" / "result.json"
         if path.exists():
             results[seed] = json.loads(path.read_text())
     if not results:
-        raise SystemExit(f"no results under {RUNS}/p7-recall-s*")
-    ks = (20, 50, 100)
-    lines = [f"# P7 recall-ml1m: full-ranking retrieval ({len(results)} seed(s): {sorted(results)})", "",
-             "MovieLens 1M implicit pairs, per-user 80/10/10 split (PROTOCOLS.md P7). Every channel ranks all "
-             "3,883 movies of movies.dat; the user's train items are excluded; metrics on the test items of "
-             "each of the 6,040 users. Mean ± std over seeds (item-based channels are deterministic: std 0).",
-             "", "| channel | " + " | ".join(f"Recall@{k} | NDCG@{k}" for k in ks) + " |",
+        raise SystemExit(f"no results under {RUNS}/{protocol}-recall-s*")
+    title, text, ks, recall_name = DESCRIPTION[protocol]
+    lines = [f"# {title} ({len(results)} seed(s): {sorted(results)})", "",
+             text + " Mean ± std over seeds (item-based channels are deterministic: std 0).",
+             "", "| channel | " + " | ".join(f"{recall_name}@{k} | NDCG@{k}" for k in ks) + " |",
              "|---|" + "---|---|" * len(ks)]
     summary, merged_line = {}, ""
     for name in CHANNEL_ORDER:
@@ -73,12 +87,12 @@ def report(seeds: list[int], threads: int) -> None:
     lines += ["", "Fit time (s, mean over seeds): " + ", ".join(f"{n} {v:.1f}" for n, v in fits.items()) + ".",
               f"Two-tower best epoch {[t['best_epoch'] for t in tt]}, training "
               f"{statistics.mean(t['train_samples_per_s'] for t in tt):,.0f} samples/s." if tt else "",
-              "", f"Config: `configs/p7/recall.yaml`. Command: `python benchmarks/retrieval.py --seeds "
-              f"{' '.join(map(str, sorted(results)))} --threads {threads}`.",
+              "", f"Config: `configs/{protocol}/recall.yaml`. Command: `python benchmarks/retrieval.py --protocol "
+              f"{protocol} --seeds {' '.join(map(str, sorted(results)))} --threads {threads}`.",
               f"Machine: {machine()['cpu']}, {machine()['cores']} cores, {threads} torch thread(s) per run."]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "p7.md").write_text("\n".join(lines) + "\n")
-    write_json(OUT / "p7.json", {"seeds": sorted(results), "test": summary, "fit_seconds": fits})
+    (OUT / f"{protocol}.md").write_text("\n".join(lines) + "\n")
+    write_json(OUT / f"{protocol}.json", {"seeds": sorted(results), "test": summary, "fit_seconds": fits})
     print("\n".join(lines))
 
 
@@ -90,14 +104,15 @@ def _ms(xs: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=sorted(DESCRIPTION), default="p7")
     ap.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only rebuild the tables from saved runs")
     args = ap.parse_args()
     if not args.report:
         for seed in args.seeds:
-            run_seed(seed, args.threads)
-    report(args.seeds, args.threads)
+            run_seed(args.protocol, seed, args.threads)
+    report(args.protocol, args.seeds, args.threads)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,14 @@ def bundle_env(tmp_path_factory):
             "dataset": str(yaml_path),
             "model": {"name": "two_tower", "embedding_dim": 4, "user_hidden": [8], "item_hidden": [8], "output_dim": 8},
             "train": {"epochs": 1, "batch_size": 128, "progress": False},
-            "channels": {"itemcf": {"type": "itemcf", "top_n": 20}, "popularity": {"type": "popularity"}},
+            "channels": {"itemcf": {"type": "itemcf", "top_n": 20}, "popularity": {"type": "popularity"},
+                         "coldstart": {"type": "coldstart", "feature": "category", "min_exposures": 40,
+                                       "guaranteed_impressions": 3}},
             "ks": [10]})
         run_recall(recall_cfg, run_dir=root / "recall", log=lambda *_: None)
         bundle = export_bundle([root / "recall", root / "rank"], root / "bundle",
-                               {"recall_total": 60, "prerank_size": 40, "index": {"kind": "flat"}},
+                               {"recall_total": 60, "prerank_size": 40, "index": {"kind": "flat"},
+                                "quotas": {"two_tower": 30, "itemcf": 10, "popularity": 10, "coldstart": 10}},
                                log=lambda *_: None)
         yield root, bundle, yaml_path
     finally:
@@ -117,7 +120,7 @@ def test_recommend_returns_k_unseen_items_with_channels(bundle_env):
     ids = [it.item_id for it in resp.items]
     assert len(ids) == 10 and len(set(ids)) == 10
     assert not set(ids) & set(history), "history items must not be recommended again"
-    assert {it.channel for it in resp.items} <= {"two_tower", "itemcf", "popularity"}
+    assert {it.channel for it in resp.items} <= {"two_tower", "itemcf", "popularity", "coldstart"}
     assert set(resp.timings_ms) >= {"recall", "prerank", "rank", "rerank", "total"}
     assert resp.debug["prerank"] <= 40
 
@@ -176,3 +179,25 @@ def test_process_pool_funnel_serves_the_bundle_and_forwards_bad_input(bundle_env
             pool.score(ScoreRequest(user={"user_ext_vec": "oops"}, history=[], items=["1"]))
     finally:
         pool.close()
+
+
+def test_cold_start_items_stop_after_their_guaranteed_impressions(bundle_env):
+    """The funnel counts what it shows (not what the warm-up or recall saw); a new item whose quota is
+    used up is no longer proposed by the cold-start channel."""
+    _, bundle, _ = bundle_env
+    funnel = BundleFunnel.load(bundle)
+    cold = funnel.channels["coldstart"]
+    assert len(cold.new_items) and cold.served().sum() == 0, "the warm-up must not count impressions"
+    shown = {}
+    for i in range(12):
+        resp = funnel.recommend(RecommendRequest(user=_request_user(funnel), history=list(funnel.item_ids[i:i + 3]),
+                                                 k=10))
+        for it in resp.items:
+            shown[it.item_id] = shown.get(it.item_id, 0) + 1
+    new_ids = set(funnel.item_ids[cold.new_items])
+    counted = dict(zip(funnel.item_ids[cold.new_items], cold.served()))
+    assert sum(counted.values()) == sum(n for i, n in shown.items() if i in new_ids) > 0
+    exhausted = cold.new_items[cold.remaining() == 0]
+    assert len(exhausted), "12 requests of 10 should use up some 3-impression quotas"
+    ids, _ = cold.retrieve([np.array([], dtype=np.int64)], len(cold.new_items))
+    assert not set(ids[0][ids[0] >= 0]) & set(exhausted), "an exhausted new item must leave the channel"

@@ -117,6 +117,9 @@ class RetrievalData:
     positives: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (user index, item index) per positive row
     queries: dict[str, pa.Table] = field(default_factory=dict)  # split -> user/context rows, one per query user
     query_users: dict[str, np.ndarray] = field(default_factory=dict)  # split -> user index of each query row
+    # split -> (user index, item index) of every catalogue item in the history sequence of a positive row
+    # (P6: a user's first item appears only in histories, never as a target)
+    sequence_items: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -134,14 +137,22 @@ class RetrievalData:
         m.data[:] = 1.0  # repeated pairs count once
         return m
 
-    def histories(self, users: np.ndarray, splits: tuple[str, ...] = ("train",)) -> list[np.ndarray]:
-        """Per user, the catalogue indices of its positives in the given splits, in file order."""
-        u = np.concatenate([self.positives[s][0] for s in splits])
-        i = np.concatenate([self.positives[s][1] for s in splits])
+    def histories(self, users: np.ndarray, splits: tuple[str, ...] = ("train",),
+                  with_sequences: bool = False) -> list[np.ndarray]:
+        """Per user, the catalogue indices of its positives in the given splits, in file order (then, with
+        ``with_sequences``, the items of those rows' history sequences not already among them)."""
+        parts = [self.positives[s] for s in splits]
+        if with_sequences:
+            parts += [self.sequence_items[s] for s in splits if s in self.sequence_items]
+        u = np.concatenate([p[0] for p in parts])
+        i = np.concatenate([p[1] for p in parts])
         order = np.argsort(u, kind="stable")
         u, i = u[order], i[order]
         bounds = np.searchsorted(u, np.arange(self.n_users + 1))
-        return [i[bounds[x]:bounds[x + 1]] for x in users]
+        out = [i[bounds[x]:bounds[x + 1]] for x in users]
+        if with_sequences:  # first occurrence order, duplicates (a target also in a later history) once
+            out = [h[np.sort(np.unique(h, return_index=True)[1])] for h in out]
+        return out
 
     def targets(self, split: str) -> list[np.ndarray]:
         """Per query user of ``split`` (the order of ``queries[split]``), its distinct positive items."""
@@ -198,4 +209,13 @@ def load_retrieval_data(spec: DatasetSpec, user_key: str | None = None, item_key
         q = _first_rows(users)
         data.queries[split] = pos.select(user_cols).take(pa.array(q))
         data.query_users[split] = users[q]
+        seq = next((f for f in schema.sequences if f.vocab_from == item_key and f.group != FieldGroup.ITEM), None)
+        if seq is not None and seq.source in pos.column_names:
+            lists = pc.split_pattern(pc.fill_null(pos.column(seq.source), ""), seq.delimiter)
+            counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+            flat = np.asarray(pc.list_flatten(lists).to_pylist(), dtype=object).astype(str)
+            rows_of = np.repeat(users, counts)
+            known = np.array([k in item_index for k in flat], dtype=bool) if len(flat) else np.zeros(0, bool)
+            data.sequence_items[split] = (rows_of[known], np.fromiter((item_index[k] for k in flat[known]), np.int64,
+                                                                      int(known.sum())))
     return data

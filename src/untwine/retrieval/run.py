@@ -82,6 +82,9 @@ class RecallConfig(BaseModel):
     merge: MergeSpec | None = None
     ks: tuple[int, ...] = (20, 50, 100)
     exclude: tuple[str, ...] = ("train",)  # splits whose positives are excluded from the ranking
+    # also exclude (and feed the item-based channels) the items of those rows' history sequences:
+    # "all earlier items" of leave-one-out protocols (P6), where a user's first item is never a target
+    exclude_sequence_items: bool = False
     run_dir: str | None = None
     base_dir: str | None = None
 
@@ -137,11 +140,29 @@ def save_channel(directory: Path, channel: RetrievalChannel) -> None:
 
 
 def _channel_lists(channel: RetrievalChannel, data: RetrievalData, split: str, k: int,
-                   exclude: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    users = data.query_users[split]
-    hist = data.histories(users, ("train",))
-    seen = data.histories(users, exclude)
-    return channel.retrieve(hist, k, exclude=seen)
+                   exclude: tuple[str, ...], with_sequences: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A channel's top-k per query user: its history is everything excluded (the user's earlier items)."""
+    seen = data.histories(data.query_users[split], excluded_splits(exclude, split), with_sequences)
+    return channel.retrieve(seen, k, exclude=seen)
+
+
+def excluded_splits(exclude: tuple[str, ...], split: str) -> tuple[str, ...]:
+    """The splits whose items are excluded when ranking for ``split``: never the split's own targets
+    (``exclude: [train, valid]`` means train for the valid ranking, train and valid for the test one)."""
+    return tuple(s for s in exclude if s != split)
+
+
+def _train_matrix(data: RetrievalData, with_sequences: bool):
+    """The (U, N) train interactions the item-based channels fit on (history items too, for P6)."""
+    if not with_sequences or "train" not in data.sequence_items:
+        return data.matrix(("train",))
+    import scipy.sparse as sp
+
+    u = np.concatenate([data.positives["train"][0], data.sequence_items["train"][0]])
+    i = np.concatenate([data.positives["train"][1], data.sequence_items["train"][1]])
+    m = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(data.n_users, data.n_items))
+    m.data[:] = 1.0
+    return m
 
 
 def run_recall(cfg: RecallConfig, run_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
@@ -161,7 +182,7 @@ def run_recall(cfg: RecallConfig, run_dir: str | Path | None = None, log: Callab
     result: dict[str, Any] = {"dataset": spec.name, "seed": tc.seed, "n_items": data.n_items,
                               "n_users": data.n_users, "valid": {}, "test": {}, "fit_seconds": {}}
     lists: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {s: {} for s in ("valid", "test")}
-    train_matrix = data.matrix(("train",))
+    train_matrix = _train_matrix(data, cfg.exclude_sequence_items)
     for name, ch_spec in cfg.channels.items():
         channel = build_channel(name, ch_spec)
         side = {}
@@ -175,7 +196,7 @@ def run_recall(cfg: RecallConfig, run_dir: str | Path | None = None, log: Callab
         result["fit_seconds"][name] = time.perf_counter() - t
         save_channel(run_dir / "channels", channel)
         for split in lists:
-            lists[split][name] = _channel_lists(channel, data, split, kmax, cfg.exclude)
+            lists[split][name] = _channel_lists(channel, data, split, kmax, cfg.exclude, cfg.exclude_sequence_items)
             result[split][name] = topk_metrics(lists[split][name][0], data.targets(split), cfg.ks).as_dict()
         log(f"{name}: fit {result['fit_seconds'][name]:.1f}s, test {_brief(result['test'][name], cfg.ks)}")
     if cfg.model is not None:
@@ -207,7 +228,8 @@ def _two_tower(cfg: RecallConfig, spec, data: RetrievalData, run_dir: Path, resu
     if not (run_dir / "vocab").exists():
         shutil.copytree(prepared.root / "vocab", run_dir / "vocab")
     t = time.perf_counter()
-    fit = fit_two_tower(model, prepared, data, vocabs, tc, run_dir, log=log)
+    fit = fit_two_tower(model, prepared, data, vocabs, tc, run_dir, log=log,
+                        exclude=excluded_splits(cfg.exclude, "valid"), with_sequences=cfg.exclude_sequence_items)
     result["fit_seconds"][name] = time.perf_counter() - t
     result["two_tower_fit"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
                                "train_samples_per_s": fit.train_samples_per_s, "history": fit.history}
@@ -217,10 +239,11 @@ def _two_tower(cfg: RecallConfig, spec, data: RetrievalData, run_dir: Path, resu
         save_numpy({"vectors": items}, str(tmp))
     kmax = max(cfg.ks)
     for split in lists:
-        result[split][name] = evaluate_two_tower(model, data, prepared.space, vocabs, split, cfg.ks,
-                                                 cfg.exclude, item_vectors=items)
+        excl = excluded_splits(cfg.exclude, split)
+        result[split][name] = evaluate_two_tower(model, data, prepared.space, vocabs, split, cfg.ks, excl,
+                                                 item_vectors=items, with_sequences=cfg.exclude_sequence_items)
         users = encode_vectors(model, data.queries[split], prepared.space, vocabs, "user")
-        seen = data.histories(data.query_users[split], cfg.exclude)
+        seen = data.histories(data.query_users[split], excl, cfg.exclude_sequence_items)
         lists[split][name] = _exact_topk(users, items, seen, kmax)
     log(f"{name}: fit {result['fit_seconds'][name]:.1f}s (best epoch {fit.best_epoch}), "
         f"test {_brief(result['test'][name], cfg.ks)}")

@@ -94,11 +94,12 @@ def encode_vectors(model: TwoTower, rows, space, vocabs, side: str, batch_size: 
 
 
 def evaluate_two_tower(model: TwoTower, data: RetrievalData, space, vocabs, split: str, ks=(20, 50, 100),
-                       exclude: tuple[str, ...] = ("train",), item_vectors: np.ndarray | None = None) -> dict:
+                       exclude: tuple[str, ...] = ("train",), item_vectors: np.ndarray | None = None,
+                       with_sequences: bool = False) -> dict:
     """Full-ranking Recall/HitRate/NDCG@K of the model on ``split``'s query users."""
     items = encode_vectors(model, data.items, space, vocabs, "item") if item_vectors is None else item_vectors
     users = encode_vectors(model, data.queries[split], space, vocabs, "user")
-    seen = data.histories(data.query_users[split], exclude)
+    seen = data.histories(data.query_users[split], exclude, with_sequences)
     return full_ranking_metrics(lambda rows: users[rows] @ items.T, seen, data.targets(split), ks).as_dict()
 
 
@@ -113,7 +114,8 @@ def _positive_split(prepared: PreparedData, split: str) -> SplitArrays:
 
 
 def fit_two_tower(model: TwoTower, prepared: PreparedData, data: RetrievalData, vocabs: dict[str, Vocab],
-                  cfg: TwoTowerTrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> TwoTowerFit:
+                  cfg: TwoTowerTrainConfig, run_dir: Path, log: Callable[[str], None] = print,
+                  exclude: tuple[str, ...] = ("train",), with_sequences: bool = False) -> TwoTowerFit:
     """Train with in-batch sampled softmax; keep the weights of the best valid recall@monitor_k epoch
     in ``run_dir/best.safetensors``."""
     space = prepared.space
@@ -150,7 +152,8 @@ def fit_two_tower(model: TwoTower, prepared: PreparedData, data: RetrievalData, 
             if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
                 break
         train_seconds += time.perf_counter() - t0
-        valid = evaluate_two_tower(model, data, space, vocabs, "valid", ks=(cfg.monitor_k,))
+        valid = evaluate_two_tower(model, data, space, vocabs, "valid", ks=(cfg.monitor_k,), exclude=exclude,
+                                   with_sequences=with_sequences)
         score = valid[f"recall@{cfg.monitor_k}"]
         history.append({"epoch": epoch, "loss": total / max(steps, 1), "valid": valid})
         log(f"epoch {epoch}: loss {total / max(steps, 1):.4f}  valid recall@{cfg.monitor_k} {score:.4f}")
