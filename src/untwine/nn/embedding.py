@@ -313,6 +313,9 @@ class FieldEmbedding(nn.Module):
             parts.append(self.similarity(*self.similarity_codes(batch)))
         if not parts:  # e.g. a numeric-only schema in raw mode: no fields, only the dense block
             return self.table.weight.new_zeros(len(batch), 0, self.dim), dense
+        rows = max(p.shape[0] for p in parts)
+        if rows > 1:  # a one-row block is shared by every row (serving: the request's pooled history)
+            parts = [p.expand(rows, *p.shape[1:]) if p.shape[0] == 1 else p for p in parts]
         fields = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return fields, dense
 

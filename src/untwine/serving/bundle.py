@@ -53,6 +53,7 @@ class PipelineConfig(BaseModel):
     # item categorical after the item key)
     promoted_feature: str | None = None  # item column, truthy = promoted (the one-per-window rule)
     rerank: RerankConfig = RerankConfig(k=20, depth=50)
+    rerank_pool: int = Field(100, ge=1)  # the ranked head re-rank chooses from (at least 2 k)
     # bf16 autocast of the ranking forward: about 2x faster on CPUs with avx512_bf16 (benchmarks/results/
     # serving), scores within bf16 rounding of fp32; fp32 by default so bundle scores equal the run's
     rank_precision: Literal["fp32", "bf16"] = "fp32"

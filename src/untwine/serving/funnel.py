@@ -80,11 +80,35 @@ def _features_view(space: FeatureSpace) -> dict:
     return d
 
 
+def shared_user_keys(model: torch.nn.Module) -> set[str]:
+    """Array keys of user-side blocks the model may receive as ONE row for a whole candidate batch: pooled
+    sequences without similarity fields, projected vectors and multi-valued features, which
+    ``FieldEmbedding`` computes once and broadcasts. Target-aware sequences need one row per candidate."""
+    from untwine.nn.embedding import FieldEmbedding, SequenceField
+
+    keys: set[str] = set()
+    embeddings = [m for m in model.modules() if isinstance(m, FieldEmbedding)]
+    for emb in embeddings:
+        keys |= {f"multi.{name}" for name, _ in emb.multi} | {f"vec.{name}" for name in emb.vector_proj}
+    pooled = {}
+    for m in model.modules():
+        if isinstance(m, SequenceField):
+            ok = m.encoder is None and not m.similarity_tables
+            pooled[m.name] = pooled.get(m.name, True) and ok
+    for emb in embeddings:
+        for seq in emb.sequences:
+            if pooled.get(seq.name):
+                keys |= {f"seq.{seq.name}", f"seq.{seq.name}.ts", *(f"seq.{key}" for key, _, _ in seq.sides)}
+    paired = {n for emb in embeddings for pair in emb.pairs for n in pair}
+    return {k for k in keys if k.split(".", 1)[1] not in paired}
+
+
 class RowEncoder:
     """Candidate batches for one model: catalogue item rows (encoded once) beside one user row."""
 
-    def __init__(self, space: FeatureSpace, vocabs, catalogue: pa.Table) -> None:
+    def __init__(self, space: FeatureSpace, vocabs, catalogue: pa.Table, shared: set[str] = frozenset()) -> None:
         self.space, self.vocabs = space, vocabs
+        self.shared = shared  # user-side keys passed as one row (see shared_user_keys)
         schema = space.schema
         self.columns = column_index(schema)
         self.side = _item_side(schema)
@@ -127,7 +151,10 @@ class RowEncoder:
                 out[key] = block
         for key, is_item in self.side.items():
             if key in self.items:
-                out[key] = items(key) if is_item else np.repeat(user[key], n, axis=0)
+                if is_item:
+                    out[key] = items(key)
+                else:
+                    out[key] = user[key] if key in self.shared and n > 1 else np.repeat(user[key], n, axis=0)
         for key in ("groups", "timestamp"):
             if key in user:
                 out[key] = np.repeat(user[key], n, axis=0)
@@ -160,7 +187,7 @@ class BundleFunnel:
         self.tower_rows = RowEncoder(self.tower_space, tower_vocabs, self.catalogue)
         if (root / "rank").exists():
             self.ranker, self.rank_space, rank_vocabs = _load_model(root / "rank")
-            self.rank_rows = RowEncoder(self.rank_space, rank_vocabs, self.catalogue)
+            self.rank_rows = RowEncoder(self.rank_space, rank_vocabs, self.catalogue, shared_user_keys(self.ranker))
             tasks = self.rank_space.schema.task_names
             self.rank_task = cfg.rank_task or tasks[0]
             if self.rank_task not in tasks:
@@ -335,9 +362,11 @@ class BundleFunnel:
         t3 = time.perf_counter()
         timings["rank"] = (t3 - t2) * 1e3
         rr_cfg = self.rerank_config.model_copy(update={"k": req.k})
-        order = rerank(rel, rr_cfg, embeddings=self.item_vectors[cands],
-                       category=None if self.category is None else self.category[cands],
-                       promoted=None if self.promoted is None else self.promoted[cands]).items
+        pool = np.argsort(-rel, kind="stable")[:max(cfg.rerank_pool, 2 * req.k)]  # re-rank the head only
+        top = cands[pool]
+        order = pool[rerank(rel[pool], rr_cfg, embeddings=self.item_vectors[top],
+                            category=None if self.category is None else self.category[top],
+                            promoted=None if self.promoted is None else self.promoted[top]).items]
         t4 = time.perf_counter()
         timings["rerank"] = (t4 - t3) * 1e3
         timings["total"] = (t4 - t0) * 1e3
