@@ -8,15 +8,15 @@ Steps (each skipped when its output exists; --rebuild redoes them):
   1. untwine simulate runs/sim100k --set n_ads=100000         (1M impressions, 100,000-ad catalogue)
   2. untwine train configs/serving/sim100k_dcnv2.yaml          -> runs/serving/sim100k-dcnv2
   3. untwine recall configs/serving/sim100k_recall.yaml        -> runs/serving/sim100k-recall
-  4. untwine export ... -o runs/serving/bundle-sim100k          (HNSW index, 1000 recalled, 500 ranked, 20 shown)
+  4. untwine export ... -o runs/serving/bundle-sim100k          (IVF index, 1000 recalled, 500 ranked, 20 shown)
   5. request bodies from the test split's impressions (user, context, the impression's click history)
-  6. benchmarks/loadtest.py --reload-during                     -> benchmarks/results/serving/loadtest.{md,json}
+  6. benchmarks/loadtest.py --processes 2 at concurrency 1 / 8 / 32 -> benchmarks/results/serving/loadtest.{md,json}
+  7. the same at concurrency 8 with a reload to a second bundle    -> benchmarks/results/serving/reload/loadtest.{md,json}
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +64,9 @@ def main() -> None:
     ap.add_argument("--index", default="ivf_flat", help="ANN index of the two-tower channel")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="ranking forward (rank_export.md)")
     ap.add_argument("--funnel-threads", type=int, default=None)
+    ap.add_argument("--processes", type=int, default=2, help="funnel worker processes of the server")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="extra concurrency-8 runs (the machine is noisy)")
     args = ap.parse_args()
     if args.rebuild or not (SIM / "items.parquet").exists():
         sh(UNTWINE, "simulate", str(SIM), "--set", "n_ads=100000")
@@ -79,19 +81,35 @@ def main() -> None:
         sh(UNTWINE, "export", str(recall), str(rank), "-o", str(BUNDLE), "--set", f"index.kind={args.index}",
            "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",
            "--set", "rerank.depth=50", "--set", f"rank_precision={args.precision}")
+    elif json.loads((BUNDLE / "pipeline.json").read_text())["rank_precision"] != args.precision:
+        raise SystemExit(f"{BUNDLE} was exported with another rank_precision; pass --rebuild")
     REQUESTS.write_text(json.dumps(request_bodies(args.requests, args.k)))
-    second = RUNS / "bundle-sim100k-b"  # the reload swaps in a second copy (same content, another path)
-    if second.exists():
-        shutil.rmtree(second)
-    shutil.copytree(BUNDLE, second)
-    cmd = [sys.executable, "benchmarks/loadtest.py", "--bundle", str(BUNDLE), "--requests", str(REQUESTS),
-           "--duration", str(args.duration), "--concurrency", *map(str, args.concurrency),
-           "--reload-during", "--reload-bundle", str(second)]
+    # the reload swaps in another bundle (re-ranking 40 deep instead of 50: another id, same models)
+    second = RUNS / "bundle-sim100k-b"
+    if args.rebuild or not (second / "manifest.json").exists():
+        sh(UNTWINE, "export", str(recall), str(rank), "-o", str(second), "--set", f"index.kind={args.index}",
+           "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",
+           "--set", "rerank.depth=40", "--set", f"rank_precision={args.precision}")
+    out = args.out or REPO / "benchmarks" / "results" / "serving"
+    base = [sys.executable, "benchmarks/loadtest.py", "--bundle", str(BUNDLE), "--requests", str(REQUESTS),
+            "--duration", str(args.duration), "--processes", str(args.processes)]
     if args.funnel_threads:
-        cmd += ["--funnel-threads", str(args.funnel_threads)]
-    if args.out:
-        cmd += ["--out", str(args.out)]
-    sh(*cmd)
+        base += ["--funnel-threads", str(args.funnel_threads)]
+    sh(*base, "--concurrency", *map(str, args.concurrency), "--out", str(out))
+    sh(*base, "--concurrency", "8", "--reload-during", "--reload-bundle", str(second), "--out", str(out / "reload"))
+    rows = []
+    for i in range(args.repeats):
+        sh(*base, "--concurrency", "8", "--out", str(out / "repeats" / f"run{i + 1}"))
+        run = json.loads((out / "repeats" / f"run{i + 1}" / "loadtest.json").read_text())["runs"][0]
+        rows.append(run)
+    if rows:
+        lines = ["# Concurrency 8, repeated", "", f"{len(rows)} more runs of `benchmarks/loadtest.py --processes "
+                 f"{args.processes} --concurrency 8 --duration {args.duration:g}` after the main table, same server "
+                 f"settings (each run starts its own server).", "",
+                 "| run | QPS | p50 ms | p90 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {i + 1} | {r['qps']:.1f} | {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p90']:.2f} | {r['latency_ms']['p99']:.2f} | "
+                  f"{r['non_2xx'] + r['socket_errors']} |" for i, r in enumerate(rows)]
+        (out / "repeats" / "repeats.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

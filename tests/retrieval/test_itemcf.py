@@ -139,3 +139,23 @@ def test_topk_dense_excludes_and_breaks_ties_by_index():
     items, scores = topk_dense(s, 3, exclude=[np.array([1]), np.array([0, 1, 2])])
     assert items.tolist() == [[2, 0, 3], [3, -1, -1]]
     assert scores.dtype == np.float32 and np.isneginf(scores[1, 1:]).all()
+
+
+def test_single_request_gather_path_equals_the_sparse_product():
+    """Serving asks for one history at a time through a row gather; it must give the batch path's lists."""
+    import scipy.sparse as sp
+
+    from untwine.retrieval.channel import topk_sparse
+    from untwine.retrieval.itemcf import ItemCFChannel, ItemCFConfig, SwingChannel, SwingConfig
+
+    rng = np.random.default_rng(3)
+    ui = sp.random(80, 60, density=0.15, random_state=4, format="csr")
+    for ch in (ItemCFChannel(ItemCFConfig(top_n=15, recency_half_life=2.0)).fit(ui),
+               SwingChannel(SwingConfig(top_n=15, max_users_per_item=None)).fit(ui)):
+        for _ in range(25):
+            h = rng.integers(0, 60, int(rng.integers(1, 8)))  # repeats allowed: their weights add up
+            ex = np.union1d(h, rng.integers(0, 60, 3))
+            got_i, got_s = ch.retrieve([h], 12, exclude=[ex])
+            want_i, want_s = topk_sparse(ch._scores([h]), 12, [ex])
+            np.testing.assert_array_equal(got_i, want_i)
+            np.testing.assert_allclose(got_s, want_s, rtol=1e-6)

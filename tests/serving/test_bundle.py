@@ -104,7 +104,7 @@ def test_scores_through_the_bundle_equal_the_run_model(bundle_env):
         recs.append(rec)
     user_ts = funnel._record(user, history, space)  # the funnel's own timestamp for the request
     for rec in recs:
-        rec[space.schema.timestamp] = int(user_ts.column(space.schema.timestamp)[0].as_py())
+        rec[space.schema.timestamp] = int(user_ts[space.schema.timestamp])
         rec["hist_ts"] = [rec[space.schema.timestamp]] * len(history)
     batch = encode_rows(table_from_records(recs, space.schema), space, vocabs)
     with torch.no_grad():

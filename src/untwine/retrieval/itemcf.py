@@ -49,7 +49,8 @@ from pydantic import Field
 
 from untwine.metrics.retrieval import topk_indices
 from untwine.retrieval.channel import (ChannelConfig, RetrievalChannel, binarize, check_state, csr_from_state,
-                                       csr_state, history_matrix, row_blocks, sparse_row_topn, topk_sparse)
+                                       csr_state, history_matrix, recency_weights, row_blocks, sparse_row_topn,
+                                       topk_sparse)
 
 __all__ = ["ItemCFConfig", "ItemCFChannel", "SwingConfig", "SwingChannel", "itemcf_similarity",
            "swing_similarity"]
@@ -203,7 +204,30 @@ class _NeighbourChannel(RetrievalChannel):
     def retrieve(self, histories: Sequence[np.ndarray], k: int,
                  exclude: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         hist = self._histories(histories)
-        return topk_sparse(self._scores(hist), k, self._exclusions(hist, exclude))
+        excl = self._exclusions(hist, exclude)
+        if len(hist) == 1:  # one request (serving): gather the history's neighbour rows, no sparse product
+            return self._retrieve_one(hist[0], k, excl[0])
+        return topk_sparse(self._scores(hist), k, excl)
+
+    def _retrieve_one(self, history: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``topk_sparse(history_matrix([h]) @ S)`` for one history, from S's rows of the history items."""
+        s = self.neighbours
+        weights = recency_weights(len(history), self.config.recency_half_life)
+        starts, ends = s.indptr[history], s.indptr[history + 1]
+        counts = ends - starts
+        pos = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        cols = s.indices[pos].astype(np.int64)
+        vals = np.repeat(weights, counts) * s.data[pos].astype(np.float64)
+        items, inverse = np.unique(cols, return_inverse=True)  # ascending: the tie order of topk_sparse
+        scores = np.bincount(inverse, weights=vals, minlength=len(items))
+        keep = ~np.isin(items, exclude)
+        items, scores = items[keep], scores[keep]
+        order = np.lexsort((items, -scores))[:k]
+        out_items = np.full((1, k), -1, dtype=np.int64)
+        out_scores = np.full((1, k), -np.inf, dtype=np.float32)
+        out_items[0, :len(order)] = items[order]
+        out_scores[0, :len(order)] = scores[order]
+        return out_items, out_scores
 
     def score_all(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         return self._scores(self._histories(histories)).toarray().astype(np.float32)

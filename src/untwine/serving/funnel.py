@@ -32,9 +32,9 @@ from safetensors.torch import load_file
 from untwine.core.batch import Batch
 from untwine.core.features import FeatureSpace
 from untwine.core.schema import FeatureKind, FieldGroup, Schema
-from untwine.data.encode import encode_features, load_vocabs, table_from_records
+from untwine.data.encode import encode_features, load_vocabs
+from untwine.data.record import encode_record
 from untwine.data.loader import SplitArrays, column_index, make_batch
-from untwine.data.readers import BadInputError
 from untwine.data.vocab import MISSING
 from untwine.models import build_model
 from untwine.rerank.pipeline import rerank
@@ -116,20 +116,18 @@ class RowEncoder:
         self.num_item = np.array([f.group == FieldGroup.ITEM for f in schema.numeric], bool)
         self.items = self._encode(catalogue, "catalogue")
 
-    def _encode(self, table: pa.Table, where: str, filled: bool = False) -> dict[str, np.ndarray]:
-        if not filled:
-            table = fill_missing_columns(table, self.space.schema)
-        arrays = encode_features(table, self.space, self.vocabs, where=where)
+    def _encode(self, table: pa.Table, where: str) -> dict[str, np.ndarray]:
+        arrays = encode_features(fill_missing_columns(table, self.space.schema), self.space, self.vocabs, where=where)
         if "categorical" in arrays:
             arrays["categorical"] = arrays["categorical"].astype(np.int64)
         return arrays
 
-    def user_row(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """Encode a request row that ``BundleFunnel._record`` built (every schema column present)."""
-        try:
-            return self._encode(table, "request", filled=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. a timestamp that is not an integer
-            raise BadInputError(f"request: {e}") from None
+    def user_row(self, record: dict) -> dict[str, np.ndarray]:
+        """Encode one request record (``BundleFunnel._record``): the arrays ``encode_features`` would give."""
+        arrays = encode_record(record, self.space, self.vocabs)
+        if "categorical" in arrays:
+            arrays["categorical"] = arrays["categorical"].astype(np.int64)
+        return arrays
 
     def unknown_items(self, item_key: str, ids: list[str]) -> dict[str, np.ndarray]:
         return self._encode(pa.table({item_key: pa.array(ids, pa.string())}), "request items")
@@ -270,7 +268,9 @@ class BundleFunnel:
 
     # ---- request encoding
 
-    def _record(self, user: dict, history: list[str], space: FeatureSpace) -> pa.Table:
+    def _record(self, user: dict, history: list[str], space: FeatureSpace) -> dict:
+        """The request as one feature record: the user dict, the history as the user-side sequence (side
+        fields from the catalogue, timestamps from the request time unless given), absent vectors zeros."""
         schema = space.schema
         rec = dict(user)
         for f in schema.vectors:  # absent vectors (the item side, or a user vector not sent) are zeros
@@ -287,14 +287,9 @@ class BundleFunnel:
                 if side not in user:
                     col = schema.feature(ref).source
                     rec[side] = [self._catalogue_value(col, h) for h in history]
-        try:
-            return fill_missing_columns(table_from_records([rec], schema, where="request"), schema)
-        except BadInputError:
-            raise
-        except (TypeError, ValueError, pa.ArrowException) as e:
-            raise BadInputError(f"request: {e}") from None
+        return rec
 
-    def _records(self, user: dict, history: list[str]) -> tuple[pa.Table, pa.Table | None]:
+    def _records(self, user: dict, history: list[str]) -> tuple[dict, dict | None]:
         """The request row for the two-tower and for the ranker (one table when their schemas agree)."""
         tower = self._record(user, history, self.tower_space)
         if self.rank_space is None:
@@ -312,7 +307,7 @@ class BundleFunnel:
         return np.array([self.index_of[i] for i in ids if i in self.index_of], dtype=np.int64)
 
     @torch.inference_mode()
-    def _user_vector(self, table: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _user_vector(self, table: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The request's user vector and its encoded row (reused by the ranker when ``shared_rows``)."""
         row = self.tower_rows.user_row(table)
         one = self.tower_rows.batch(row, np.zeros(1, np.int64))  # any item row: the user tower ignores it
@@ -383,7 +378,7 @@ class BundleFunnel:
         return RecommendResponse(items=items, timings_ms=timings, bundle=self.bundle_id, debug=debug)
 
     @torch.inference_mode()
-    def _rank(self, table: pa.Table, rows: np.ndarray, extra: dict | None = None,
+    def _rank(self, table: dict, rows: np.ndarray, extra: dict | None = None,
               row: dict[str, np.ndarray] | None = None) -> np.ndarray:
         user_row = self.rank_rows.user_row(table) if row is None else row
         batch = self.rank_rows.batch(user_row, rows, extra)
