@@ -62,3 +62,46 @@ def test_batch_matches_single_requests():
         np.testing.assert_array_equal(scores[q, :n], m.scores)
         assert (items[q, n:] == -1).all() and (chan[q, n:] == -1).all()
         assert len(set(m.items.tolist())) == n and -1 not in m.items
+
+
+def _naive_merge(results, quotas, total, order):
+    """The definition, item by item: quota pass in priority order, then round-robin fill, first owner wins."""
+    lists = [([int(i) for i in results[n][0] if i >= 0], [float(s) for i, s in zip(*results[n]) if i >= 0])
+             for n in order]
+    cursor, taken, items, chan = [0] * len(order), set(), [], []
+
+    def take(c, budget):
+        got = 0
+        while got < budget and cursor[c] < len(lists[c][0]) and len(items) < total:
+            item = lists[c][0][cursor[c]]
+            if item not in taken:
+                taken.add(item)
+                items.append(item)
+                chan.append(c)
+                got += 1
+            cursor[c] += 1
+        return got
+
+    for c, n in enumerate(order):
+        take(c, quotas.get(n, 0))
+    while len(items) < total:
+        progressed = [take(c, 1) for c in range(len(order)) if len(items) < total]
+        if not any(progressed):
+            break
+    return items, chan
+
+
+def test_merge_equals_its_item_by_item_definition_on_random_lists():
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        names = ["a", "b", "c"][: int(rng.integers(1, 4))]
+        results = {}
+        for n in names:
+            k = int(rng.integers(0, 12))
+            ids = rng.integers(-1, 15, k)  # repeats across and within channels, -1 padding
+            results[n] = (ids, rng.random(k).astype(np.float32))
+        quotas = {n: int(rng.integers(0, 6)) for n in names}
+        total = int(rng.integers(0, 20))
+        got = merge_channels(results, quotas, total)
+        want_items, want_chan = _naive_merge(results, quotas, total, list(results))
+        assert got.items.tolist() == want_items and got.channels.tolist() == want_chan

@@ -61,8 +61,16 @@ def _lists(results: Mapping[str, tuple[np.ndarray, np.ndarray]], order: Sequence
         if ids.shape != scores.shape:
             raise ValueError(f"channel {name!r}: {len(ids)} ids but {len(scores)} scores")
         keep = ids >= 0
-        out.append((ids[keep].tolist(), scores[keep].tolist()))
+        out.append((ids[keep], scores[keep]))
     return out
+
+
+def _first_new(ids: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """Positions of ``ids`` holding an item neither in ``taken`` nor earlier in ``ids``, in order."""
+    _, first = np.unique(ids, return_index=True)
+    fresh = np.zeros(len(ids), dtype=bool)
+    fresh[first] = True
+    return np.flatnonzero(fresh & ~np.isin(ids, taken))
 
 
 def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas: Mapping[str, int], total: int,
@@ -73,14 +81,28 @@ def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas:
     order = _priority(results, quotas, priority)
     lists = _lists(results, order)
     cursor = [0] * len(order)
-    taken: set[int] = set()
-    items: list[int] = []
-    chan: list[int] = []
-    scores: list[float] = []
+    # quota pass, vectorised per channel (it is the whole merge when the channels return their quotas)
+    parts_items, parts_chan, parts_scores, n_taken = [], [], [], 0
+    for c, name in enumerate(order):
+        budget = min(int(quotas.get(name, 0)), total - n_taken)
+        if budget <= 0:
+            continue
+        ids, sc = lists[c]
+        pos = _first_new(ids, np.concatenate(parts_items) if parts_items else ids[:0])[:budget]
+        parts_items.append(ids[pos])
+        parts_chan.append(np.full(len(pos), c, dtype=np.int64))
+        parts_scores.append(sc[pos])
+        n_taken += len(pos)
+        cursor[c] = int(pos[-1]) + 1 if len(pos) == budget else len(ids)
+    items: list[int] = np.concatenate(parts_items).tolist() if parts_items else []
+    chan: list[int] = np.concatenate(parts_chan).tolist() if parts_chan else []
+    scores: list[float] = np.concatenate(parts_scores).tolist() if parts_scores else []
+    taken: set[int] = set(items)
+    tails = [(ids.tolist(), sc.tolist()) for ids, sc in lists]
 
     def take_next(c: int, budget: int) -> int:
         """Take up to ``budget`` new items from channel c; returns how many were taken."""
-        ids, sc = lists[c]
+        ids, sc = tails[c]
         got = 0
         while got < budget and cursor[c] < len(ids) and len(items) < total:
             item = ids[cursor[c]]
@@ -93,9 +115,7 @@ def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas:
             cursor[c] += 1
         return got
 
-    for c, name in enumerate(order):
-        take_next(c, int(quotas.get(name, 0)))
-    while len(items) < total:
+    while len(items) < total:  # fill round-robin from what the quotas left
         progressed = False
         for c in range(len(order)):
             if len(items) >= total:
