@@ -120,6 +120,13 @@ class ProcessPoolFunnel:
     def __del__(self) -> None:  # the app dropped it after a reload: let submitted work finish, then exit
         pool = getattr(self, "_pool", None)
         if pool is not None:
+            # the workers' interpreter teardown (freeing the bundle, torch) would compete with the new
+            # pool's requests at full priority
+            for pid in list(getattr(pool, "_processes", None) or {}):
+                try:
+                    os.setpriority(os.PRIO_PROCESS, pid, LOAD_NICENESS)
+                except OSError:
+                    pass
             pool.shutdown(wait=False)
 
 
