@@ -35,6 +35,7 @@ from untwine.data.encode import column_types, encode_features
 from untwine.data.loader import SplitArrays, column_index, make_batch
 from untwine.data.readers import iter_chunks
 from untwine.data.vocab import Vocab
+from untwine.retrieval.channel import interaction_matrix
 
 SPLITS = ("train", "valid", "test")
 
@@ -129,11 +130,16 @@ class RetrievalData:
     def n_users(self) -> int:
         return len(self.user_ids)
 
-    def matrix(self, splits: tuple[str, ...] = ("train",)) -> sp.csr_matrix:
-        """Binary (U, N) interaction matrix of the given splits' positives."""
-        users = np.concatenate([self.positives[s][0] for s in splits])
-        items = np.concatenate([self.positives[s][1] for s in splits])
-        m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(self.n_users, self.n_items))
+    def _pairs(self, splits: tuple[str, ...], with_sequences: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(user, item) of the splits' positives, then (with_sequences) of their history sequences."""
+        parts = [self.positives[s] for s in splits]
+        if with_sequences:
+            parts += [self.sequence_items[s] for s in splits if s in self.sequence_items]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def matrix(self, splits: tuple[str, ...] = ("train",), with_sequences: bool = False) -> sp.csr_matrix:
+        """Binary (U, N) interaction matrix of the given splits' positives (and history items)."""
+        m = interaction_matrix(*self._pairs(splits, with_sequences), self.n_users, self.n_items)
         m.data[:] = 1.0  # repeated pairs count once
         return m
 
@@ -141,11 +147,7 @@ class RetrievalData:
                   with_sequences: bool = False) -> list[np.ndarray]:
         """Per user, the catalogue indices of its positives in the given splits, in file order (then, with
         ``with_sequences``, the items of those rows' history sequences not already among them)."""
-        parts = [self.positives[s] for s in splits]
-        if with_sequences:
-            parts += [self.sequence_items[s] for s in splits if s in self.sequence_items]
-        u = np.concatenate([p[0] for p in parts])
-        i = np.concatenate([p[1] for p in parts])
+        u, i = self._pairs(splits, with_sequences)
         order = np.argsort(u, kind="stable")
         u, i = u[order], i[order]
         bounds = np.searchsorted(u, np.arange(self.n_users + 1))

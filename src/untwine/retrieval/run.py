@@ -33,14 +33,14 @@ from untwine.core.io import atomic_path, atomic_write_json, atomic_write_text
 from untwine.data.encode import load_vocabs, prepare
 from untwine.metrics.retrieval import topk_metrics
 from untwine.models import build_model
-from untwine.retrieval.channel import RetrievalChannel
+from untwine.retrieval.channel import RetrievalChannel, topk_dense
 from untwine.retrieval.coldstart import ColdStartChannel
 from untwine.retrieval.data import RetrievalData, load_retrieval_data
 from untwine.retrieval.itemcf import ItemCFChannel, SwingChannel
 from untwine.retrieval.merge import merge_channels
 from untwine.retrieval.popularity import PopularityChannel
 from untwine.retrieval.tags import TagChannel
-from untwine.retrieval.two_tower import TwoTowerTrainConfig, encode_vectors, evaluate_two_tower, fit_two_tower
+from untwine.retrieval.two_tower import TwoTowerTrainConfig, encode_vectors, fit_two_tower
 from untwine.train.config import ModelSection
 from untwine.train.run import resolve_dataset, seed_everything
 
@@ -152,19 +152,6 @@ def excluded_splits(exclude: tuple[str, ...], split: str) -> tuple[str, ...]:
     return tuple(s for s in exclude if s != split)
 
 
-def _train_matrix(data: RetrievalData, with_sequences: bool):
-    """The (U, N) train interactions the item-based channels fit on (history items too, for P6)."""
-    if not with_sequences or "train" not in data.sequence_items:
-        return data.matrix(("train",))
-    import scipy.sparse as sp
-
-    u = np.concatenate([data.positives["train"][0], data.sequence_items["train"][0]])
-    i = np.concatenate([data.positives["train"][1], data.sequence_items["train"][1]])
-    m = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(data.n_users, data.n_items))
-    m.data[:] = 1.0
-    return m
-
-
 def run_recall(cfg: RecallConfig, run_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
     tc = cfg.train
     if tc.threads:
@@ -182,7 +169,7 @@ def run_recall(cfg: RecallConfig, run_dir: str | Path | None = None, log: Callab
     result: dict[str, Any] = {"dataset": spec.name, "seed": tc.seed, "n_items": data.n_items,
                               "n_users": data.n_users, "valid": {}, "test": {}, "fit_seconds": {}}
     lists: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {s: {} for s in ("valid", "test")}
-    train_matrix = _train_matrix(data, cfg.exclude_sequence_items)
+    train_matrix = data.matrix(("train",), cfg.exclude_sequence_items)
     for name, ch_spec in cfg.channels.items():
         channel = build_channel(name, ch_spec)
         side = {}
@@ -239,29 +226,20 @@ def _two_tower(cfg: RecallConfig, spec, data: RetrievalData, run_dir: Path, resu
         save_numpy({"vectors": items}, str(tmp))
     kmax = max(cfg.ks)
     for split in lists:
-        excl = excluded_splits(cfg.exclude, split)
-        result[split][name] = evaluate_two_tower(model, data, prepared.space, vocabs, split, cfg.ks, excl,
-                                                 item_vectors=items, with_sequences=cfg.exclude_sequence_items)
+        # one exact top-kmax list per user serves both the metrics and the merge
         users = encode_vectors(model, data.queries[split], prepared.space, vocabs, "user")
-        seen = data.histories(data.query_users[split], excl, cfg.exclude_sequence_items)
+        seen = data.histories(data.query_users[split], excluded_splits(cfg.exclude, split), cfg.exclude_sequence_items)
         lists[split][name] = _exact_topk(users, items, seen, kmax)
+        result[split][name] = topk_metrics(lists[split][name][0], data.targets(split), cfg.ks).as_dict()
     log(f"{name}: fit {result['fit_seconds'][name]:.1f}s (best epoch {fit.best_epoch}), "
         f"test {_brief(result['test'][name], cfg.ks)}")
 
 
 def _exact_topk(users: np.ndarray, items: np.ndarray, seen: list[np.ndarray], k: int,
                 block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    from untwine.metrics.retrieval import topk_indices
-
-    ids, scores = [], []
-    for lo in range(0, len(users), block):
-        s = users[lo:lo + block] @ items.T
-        for r, h in enumerate(seen[lo:lo + block]):
-            s[r, h] = -np.inf
-        i, v = topk_indices(s, k)
-        ids.append(i)
-        scores.append(v.astype(np.float32))
-    return np.concatenate(ids), np.concatenate(scores)
+    """Top-k items by <u, v> per user, the seen items excluded, in blocks of users (bounded memory)."""
+    parts = [topk_dense(users[lo:lo + block] @ items.T, k, seen[lo:lo + block]) for lo in range(0, len(users), block)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _brief(metrics: dict, ks) -> str:

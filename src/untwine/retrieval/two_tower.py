@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
@@ -65,19 +64,10 @@ class TwoTowerFit:
 
 
 def item_log_q(train_items: np.ndarray, n_items: int) -> np.ndarray:
-    """log of each catalogue item's share of the training positives (items never seen get the share of
-    one occurrence, so the correction stays finite if they are drawn as extra negatives)."""
+    """log of each item id's share of the training positives (ids never seen get the share of one
+    occurrence, so the correction stays finite)."""
     counts = np.bincount(train_items, minlength=n_items).astype(np.float64)
     return np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0)).astype(np.float32)
-
-
-def catalogue_index_of_rows(prepared_items: np.ndarray, item_vocab: Vocab, item_ids: np.ndarray) -> np.ndarray:
-    """Map the encoded item-id column of training rows (vocabulary ids) to catalogue indices."""
-    vocab_to_cat = np.full(item_vocab.size, -1, np.int64)
-    codes = item_vocab.encode(pa.array(item_ids.astype(str)))
-    known = codes >= NUM_RESERVED  # several unknown catalogue items share OOV: no row maps back to them
-    vocab_to_cat[codes[known]] = np.flatnonzero(known)
-    return vocab_to_cat[prepared_items]
 
 
 @torch.no_grad()
@@ -122,14 +112,10 @@ def fit_two_tower(model: TwoTower, prepared: PreparedData, data: RetrievalData, 
     train = _positive_split(prepared, "train")
     loader = BatchLoader(train, space.schema, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
     item_col = space.schema.categorical.index(space.schema.feature(data.item_key))
-    row_items = catalogue_index_of_rows(np.asarray(train.arrays["categorical"][:, item_col]).astype(np.int64),
-                                        vocabs[space.schema.vocab_owner(space.schema.feature(data.item_key))],
-                                        data.item_ids)
-    log_q = torch.from_numpy(item_log_q(row_items[row_items >= 0], data.n_items))
-    vocab_log_q = torch.zeros(space.vocab_size(data.item_key))
-    known = row_items >= 0
-    vocab_log_q[torch.from_numpy(np.asarray(train.arrays["categorical"][known, item_col]).astype(np.int64))] = \
-        log_q[torch.from_numpy(row_items[known])]
+    row_items = np.asarray(train.arrays["categorical"][:, item_col]).astype(np.int64)  # vocabulary ids
+    # q over the known items of the positives; OOV rows (rare items under min_count) stay uncorrected
+    vocab_log_q = torch.from_numpy(item_log_q(row_items[row_items >= NUM_RESERVED], space.vocab_size(data.item_key)))
+    vocab_log_q[:NUM_RESERVED] = 0.0
     extra_batch = encode_rows(data.items, space, vocabs, where="catalogue") if cfg.extra_negatives else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -142,7 +128,7 @@ def fit_two_tower(model: TwoTower, prepared: PreparedData, data: RetrievalData, 
         t0, total, steps = time.perf_counter(), 0.0, 0
         for batch in loader:
             loss = _step_loss(model, batch, item_col, vocab_log_q if cfg.log_q else None, tau, extra_batch,
-                              cfg.extra_negatives, data.n_items, log_q if cfg.log_q else None, gen)
+                              cfg.extra_negatives, data.n_items, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -170,8 +156,7 @@ def fit_two_tower(model: TwoTower, prepared: PreparedData, data: RetrievalData, 
 
 
 def _step_loss(model: TwoTower, batch: Batch, item_col: int, vocab_log_q: Tensor | None, tau: float,
-               extra_batch: Batch | None, n_extra: int, n_items: int, cat_log_q: Tensor | None,
-               gen: torch.Generator) -> Tensor:
+               extra_batch: Batch | None, n_extra: int, n_items: int, gen: torch.Generator) -> Tensor:
     user, item = model.towers(batch)
     item_ids = batch.categorical[:, item_col]
     lq = vocab_log_q[item_ids] + math.log(len(item_ids)) if vocab_log_q is not None else None
@@ -179,7 +164,7 @@ def _step_loss(model: TwoTower, batch: Batch, item_col: int, vocab_log_q: Tensor
     if extra_batch is not None:
         pick = torch.randint(0, n_items, (n_extra,), generator=gen)
         extra_items = model.item_vectors(_take(extra_batch, pick))
-        extra_lq = torch.full((n_extra,), math.log(n_extra / n_items)) if cat_log_q is not None else None
+        extra_lq = torch.full((n_extra,), math.log(n_extra / n_items)) if vocab_log_q is not None else None
     return sampled_softmax(user, item, log_q=lq, temperature=tau, extra_items=extra_items,
                            extra_log_q=extra_lq, same_item=item_ids)
 

@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load_file as load_numpy
 
+from untwine.data.recipes import sha256_file
 from untwine.rerank.pipeline import RerankConfig
 from untwine.retrieval.index import IndexConfig, VectorIndex
 
@@ -59,14 +60,6 @@ class PipelineConfig(BaseModel):
     rank_precision: Literal["fp32", "bf16"] = "fp32"
     index: IndexConfig = IndexConfig(kind="ivf_flat", nprobe=32, threads=1)  # benchmarks/results/retrieval/ann.md
     history_feature: str | None = None  # the user-side sequence fed from the request's history (auto)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_recall_run(d: Path) -> bool:

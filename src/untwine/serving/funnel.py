@@ -16,7 +16,6 @@ the only mutable state is in channels that count impressions (cold start), which
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 from safetensors.numpy import load_file as load_numpy
-from safetensors.torch import load_file
 
 from untwine.core.batch import Batch
 from untwine.core.features import FeatureSpace
@@ -36,7 +34,7 @@ from untwine.data.encode import encode_features, load_vocabs
 from untwine.data.record import encode_record
 from untwine.data.loader import SplitArrays, column_index, make_batch
 from untwine.data.vocab import MISSING
-from untwine.models import build_model
+from untwine.train.run import load_run
 from untwine.rerank.pipeline import rerank
 from untwine.retrieval.data import fill_missing_columns
 from untwine.retrieval.merge import merge_channels
@@ -48,12 +46,9 @@ TWO_TOWER = "two_tower"
 
 
 def _load_model(run: Path):
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    space = FeatureSpace.from_dict(json.loads((run / "feature_space.json").read_text()))
-    options = {k: v for k, v in cfg["model"].items() if k != "name"}
-    model = build_model(cfg["model"]["name"], space, options)
-    model.load_state_dict(load_file(str(run / "best.safetensors")))
-    return model.eval(), space, load_vocabs(space, run / "vocab")
+    """A run's model (best weights, eval mode), feature space and vocabularies."""
+    _, space, model = load_run(run)
+    return model, space, load_vocabs(space, run / "vocab")
 
 
 def _item_side(schema: Schema) -> dict[str, bool]:
