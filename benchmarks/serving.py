@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="funnel worker processes of the server")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="extra concurrency-8 runs (the machine is noisy)")
+    ap.add_argument("--build-only", action="store_true", help="build the runs, bundles and requests, no load test")
     args = ap.parse_args()
     if args.rebuild or not (SIM / "items.parquet").exists():
         sh(UNTWINE, "simulate", str(SIM), "--set", "n_ads=100000")
@@ -90,6 +91,8 @@ def main() -> None:
         sh(UNTWINE, "export", str(recall), str(rank), "-o", str(second), "--set", f"index.kind={args.index}",
            "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",
            "--set", "rerank.depth=40", "--set", f"rank_precision={args.precision}")
+    if args.build_only:
+        return
     out = args.out or REPO / "benchmarks" / "results" / "serving"
     base = [sys.executable, "benchmarks/loadtest.py", "--bundle", str(BUNDLE), "--requests", str(REQUESTS),
             "--duration", str(args.duration), "--processes", str(args.processes)]

@@ -201,3 +201,43 @@ def test_cold_start_items_stop_after_their_guaranteed_impressions(bundle_env):
     assert len(exhausted), "12 requests of 10 should use up some 3-impression quotas"
     ids, _ = cold.retrieve([np.array([], dtype=np.int64)], len(cold.new_items))
     assert not set(ids[0][ids[0] >= 0]) & set(exhausted), "an exhausted new item must leave the channel"
+
+
+def test_pool_workers_load_below_the_server_and_serve_at_its_priority(bundle_env):
+    """A reload's new workers must not compete with the serving ones while they load: they fork from a
+    fork server at nice 19 (so they are niced from their first instruction), and once loaded return to
+    the priority of the process that made the pool (where the OS allows raising it again)."""
+    import os
+    from multiprocessing import forkserver
+
+    from untwine.serving.pool import LOAD_NICENESS, ProcessPoolFunnel
+
+    _, bundle, _ = bundle_env
+    pool = ProcessPoolFunnel(str(bundle), processes=1)
+    try:
+        server_pid = forkserver._forkserver._forkserver_pid
+        assert os.getpriority(os.PRIO_PROCESS, server_pid) >= LOAD_NICENESS
+        worker_niceness = pool._pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        if os.geteuid() == 0:
+            assert worker_niceness == own
+        else:  # unprivileged processes cannot lower their niceness again
+            assert worker_niceness >= own
+    finally:
+        pool.close()
+
+
+def test_fork_server_preloads_the_main_module_by_name(monkeypatch):
+    """Workers re-import the parent's main module; the fork server preloads it by its import name (so the
+    workers find it already imported), or as "__main__" when run as a plain script."""
+    import sys
+    import types
+
+    from untwine.serving.pool import _main_module
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="untwine.serving.server")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert _main_module() == "untwine.serving.server"
+    main.__spec__ = None
+    assert _main_module() == "__main__"

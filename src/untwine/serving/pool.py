@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -34,11 +35,12 @@ _FUNNEL = None  # the bundle of this worker process
 LOAD_NICENESS = 19
 
 
-def _init_worker(path: str, torch_threads: int) -> None:
-    """Load the bundle at low CPU priority: on a reload the new workers' imports and loading (seconds of
-    CPU) then yield to the workers still serving; back to normal priority once loaded where allowed."""
+def _init_worker(path: str, torch_threads: int, serving_niceness: int) -> None:
+    """Load the bundle at low CPU priority (inherited from the fork server, see ``_low_priority_fork_server``):
+    on a reload the new workers' loading (a second of CPU each) then yields to the workers still serving;
+    back to the server's own priority once loaded where allowed."""
     global _FUNNEL
-    os.nice(LOAD_NICENESS)
+    os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), LOAD_NICENESS))
     import torch
 
     torch.set_num_threads(torch_threads)
@@ -50,7 +52,7 @@ def _init_worker(path: str, torch_threads: int) -> None:
     gc.collect()
     gc.freeze()
     try:
-        os.nice(-LOAD_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, 0, serving_niceness)
     except PermissionError:  # unprivileged: stays niced, which only ranks it below the HTTP process
         pass
 
@@ -73,8 +75,35 @@ def _context():
     already runs torch and OpenMP threads, and forking a threaded process can deadlock; the fork server
     is a fresh single-threaded process."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "untwine.serving.funnel"])
+    ctx.set_forkserver_preload(["torch", "untwine.serving.funnel", _main_module()])
+    _low_priority_fork_server()
     return ctx
+
+
+def _main_module() -> str:
+    """What a new worker re-runs as ``__mp_main__`` before its initializer (multiprocessing's main-module
+    fix-up): under ``python -m untwine.serving.server`` that module, under the ``untwine`` script its file, so
+    FastAPI, uvicorn and the CLI would be imported again in every worker; preloaded in the fork server they
+    are imported once and the fix-up costs a few ms. "__main__" makes the fork server import the main
+    script's path (multiprocessing's convention)."""
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) or "__main__"
+
+
+def _low_priority_fork_server() -> None:
+    """Start the fork server and lower its priority, so a worker is niced from its first instruction: forked
+    at the server's priority, a reload's two new workers took both cores for the ~40 ms before their
+    initializer ran (a 110 ms p99 spike at the start of every reload). Best effort: the fork server's pid
+    is a private attribute of multiprocessing."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), LOAD_NICENESS))
+        except OSError:
+            pass
 
 
 class ProcessPoolFunnel:
@@ -88,7 +117,8 @@ class ProcessPoolFunnel:
             os.environ[k] = str(torch_threads)
         try:
             self._pool = ProcessPoolExecutor(processes, mp_context=_context(),
-                                             initializer=_init_worker, initargs=(str(path), torch_threads))
+                                             initializer=_init_worker, initargs=(str(path), torch_threads,
+                                                                             os.getpriority(os.PRIO_PROCESS, 0)))
             # one task per worker, submitted together, so every process has loaded before serving starts
             infos = [f.result() for f in [self._pool.submit(_describe) for _ in range(processes)]]
         except BaseException:
