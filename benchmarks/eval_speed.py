@@ -52,8 +52,7 @@ def main() -> None:
                 best = float("inf")
                 for _ in range(3):
                     t0 = time.perf_counter()
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        predict(model, loader)
+                    predict(model, loader, precision=precision)
                     best = min(best, time.perf_counter() - t0)
                 rates[precision] = data.rows / best
             lines.append(f"| {name} | {train:,.0f} | {bs} | {rates['fp32']:,.0f} | {rates['bf16']:,.0f} | "

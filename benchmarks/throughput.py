@@ -45,12 +45,18 @@ def child_untwine(a) -> dict:
     cfg = ExperimentConfig.from_dict({
         "dataset": str(dataset_yaml(a.dataset)), "model": {"name": a.model, "numeric": a.numeric},
         "train": {"batch_size": BATCH[a.dataset], "epochs": a.epochs, "patience": 100, "seed": 1,
-                  "embedding_optimizer": a.opt, "progress": False, "precision": a.precision}})
+                  "embedding_optimizer": a.opt, "progress": False, "precision": a.precision,
+                  "allocator": a.allocator}})
     # valid/test evaluation runs after the timed epochs and is excluded from samples/s
     r = run_experiment(cfg, run_dir=WORK / "runs" / f"{a.dataset}-{a.model}-{a.numeric}-{a.opt}", resume=False,
                        log=lambda *_: None)
-    return {"samples_per_s": r.train_samples_per_s, "prepare_seconds": r.prepare_seconds,
-            "num_parameters": r.num_parameters}
+    run_dir = WORK / "runs" / f"{a.dataset}-{a.model}-{a.numeric}-{a.opt}"
+    valid = [rec for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+             if rec["split"] == "valid"]
+    eval_rate = max(rec["rows"] / rec["seconds"] for rec in valid)  # the trainer's own valid pass: loader, forward, metrics
+    return {"samples_per_s": r.train_samples_per_s, "eval_rows_per_s": eval_rate,
+            "eval_vs_train": eval_rate / r.train_samples_per_s, "precision": r.precision["precision"],
+            "prepare_seconds": r.prepare_seconds, "num_parameters": r.num_parameters}
 
 
 def child_bound(a) -> dict:
@@ -64,6 +70,10 @@ def child_bound(a) -> dict:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
+    if a.allocator == "retain":  # the same malloc settings untwine's default uses, to separate the two gains
+        from untwine.core.allocator import retain_freed_memory
+
+        retain_freed_memory()
     prepared = prepare(DatasetSpec.from_yaml(dataset_yaml(a.dataset)))
     arrays = {}
     for name, info in prepared.arrays["train"].items():
@@ -158,10 +168,14 @@ def main() -> None:
     ap.add_argument("--opts", nargs="+", default=["adam", "sparse_adam"])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--allocator", default="retain", choices=["retain", "system"],
+                    help="untwine's train.allocator (children); the driver's bound rows use system malloc")
+    ap.add_argument("--bound-retain", action="store_true",
+                    help="also time the plain-PyTorch bound with untwine's retained-memory malloc settings")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--tag", default="throughput")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                    help="untwine's train.precision (the plain-PyTorch bound stays fp32)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="untwine's train.precision, default as in the config (the plain-PyTorch bound stays fp32)")
     a = ap.parse_args()
     if a.child:
         return child_main(a)
@@ -175,12 +189,14 @@ def main() -> None:
         for model in a.models:
             for numeric in numerics:
                 for opt in a.opts:
-                    for who in ("untwine", "bound"):
+                    children = [("untwine", a.allocator), ("bound", "system")] + ([("bound", "retain")] if a.bound_retain else [])
+                    for who, allocator in children:
                         cmd = [PY, __file__, "--child", who, "--dataset", ds, "--model", model, "--numeric", numeric,
                                "--opt", opt, "--epochs", str(a.epochs), "--threads", str(a.threads),
-                               "--precision", a.precision]
+                               "--precision", a.precision, "--allocator", allocator]
                         r = run_json(cmd)
-                        label = f"untwine ({a.precision})" if who == "untwine" and a.precision != "fp32" else who
+                        label = (f"untwine ({r['precision']}, {allocator})" if who == "untwine"
+                                 else who if allocator == "system" else "bound (retain)")
                         rows.append({"dataset": ds, "model": model, "numeric": numeric, "who": label, "opt": opt, **r})
                         print(json.dumps(rows[-1]), flush=True)
                 if a.no_peers:
@@ -210,14 +226,17 @@ def render(rows: list[dict], a) -> None:
     lines = [f"# Training throughput (`python benchmarks/throughput.py --tag {a.tag}`)", "",
              f"Machine: {json.dumps(machine())}; {a.epochs} training epoch(s) per measurement, evaluation excluded;",
              "each row a separate process, all in one run, one after another.", "",
-             "| set | model | numerics | who | embedding optimizer | samples/s | vs bound (same optimizer) | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| set | model | numerics | who | embedding optimizer | samples/s | vs bound (same optimizer) | "
+             "valid pass rows/s (x training rate) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     bound = {(r["dataset"], r["model"], r["numeric"], r["opt"]): r["samples_per_s"] for r in rows if r["who"] == "bound"}
     for r in rows:
         b = bound.get((r["dataset"], r["model"], r["numeric"], r["opt"]))
         ratio = f"{r['samples_per_s'] / b:.2f}" if b and r["samples_per_s"] else "-"
+        evaluation = f"{r['eval_rows_per_s']:,.0f} ({r['eval_vs_train']:.1f}x)" if r.get("eval_rows_per_s") else "-"
         lines.append(f"| {r['dataset'].upper()} | {r['model']} | {r['numeric']} | {r['who']} | {r['opt']} | "
-                     f"{r['samples_per_s'] or float('nan'):,.0f} | {ratio} | {r.get('peak_rss_mb') or float('nan'):,.0f} |")
+                     f"{r['samples_per_s'] or float('nan'):,.0f} | {ratio} | {evaluation} | "
+                     f"{r.get('peak_rss_mb') or float('nan'):,.0f} |")
     (RESULTS / "throughput").mkdir(parents=True, exist_ok=True)
     (RESULTS / "throughput" / f"{a.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -45,7 +45,9 @@ class TrainConfig(BaseModel):
     embedding_optimizer: Literal["adam", "sparse_adam", "adagrad"] = "adam"
     embedding_lr: float | None = Field(None, gt=0)  # defaults to lr
     fused_optimizer: bool = True  # Adam's fused kernel: one pass over parameter, gradient and moments
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast training and scoring forwards (fp32 weights, optimizer, loss)
+    # bf16: autocast training and scoring forwards (fp32 weights, optimizer, loss); auto: bf16 where this
+    # machine measures it faster (train/precision.py), recorded as fp32 or bf16 in the run's config
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     lr_decay_on_plateau: float = Field(1.0, gt=0, le=1)  # multiply every lr by this after an epoch without improvement
     monitor: Literal["auc", "gauc", "logloss"] = "auc"
     monitor_task: str = "mean"  # a task name, or the mean over tasks
@@ -53,6 +55,9 @@ class TrainConfig(BaseModel):
     seed: int = 2024
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)
+    # retain: glibc keeps freed blocks for the next step instead of unmapping them (core/allocator.py);
+    # system: malloc as the process started
+    allocator: Literal["retain", "system"] = "retain"
     on_bad_rows: Literal["error", "skip"] = "error"
     progress: bool = True
     tensorboard: bool = False

@@ -27,6 +27,7 @@ import yaml
 
 from untwine.core.dataset_spec import DatasetSpec
 from untwine.core.features import FeatureSpace
+from untwine.core.allocator import retain_freed_memory
 from untwine.core.io import atomic_write_json, atomic_write_text
 from untwine.core.paths import cache_root
 from untwine.data.encode import PreparedData, prepare
@@ -36,6 +37,7 @@ from untwine.metrics.calibrators import calibrator_from_dict, fit_calibrator
 from untwine.models.base import build_model
 from untwine.nn.embedding import SequenceField
 from untwine.train.config import ExperimentConfig, TrainConfig
+from untwine.train.precision import PrecisionChoice, resolve_precision
 from untwine.train.trainer import DistInfo, Trainer, predict, task_metrics, to_true_rate
 
 
@@ -160,6 +162,7 @@ class RunResult:
     valid: dict
     test: dict
     test_calibrated: dict | None = None
+    precision: dict = field(default_factory=dict)  # train.precision as asked and as resolved (PrecisionChoice)
     model_object: object = field(default=None, repr=False, compare=False)  # the trained nn.Module
 
     def to_dict(self) -> dict:
@@ -174,12 +177,30 @@ def load_vector_tables(model: torch.nn.Module, prepared: PreparedData) -> None:
                 m.set_vector_table(name, torch.from_numpy(prepared.vector_table(name)))
 
 
+def resolve_run_precision(tc: TrainConfig, run_dir: Path, resume: bool, info: DistInfo) -> PrecisionChoice:
+    """train.precision for this run: a resumed run keeps the format it started in, whatever the probe says now,
+    and every rank trains in rank 0's format."""
+    saved = run_dir / "config.yaml"
+    if tc.precision == "auto" and resume and (run_dir / "last.pt").exists() and saved.exists():
+        before = (yaml.safe_load(saved.read_text()).get("train") or {}).get("precision")
+        if before in ("fp32", "bf16"):
+            return PrecisionChoice(before, "auto", f"resumed run, trained in {before} so far")
+    precision = resolve_precision(tc.precision, info.device, tc.deterministic)
+    if info.world_size > 1:
+        shared = [precision]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        precision = shared[0]
+    return precision
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = True,
                    log: Callable[[str], None] = print) -> RunResult:
     info = DistInfo.from_env()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.allocator == "retain":
+        log(retain_freed_memory())
     run_dir = Path(run_dir or cfg.run_dir or f"runs/{Path(cfg.dataset).stem}-{cfg.model.name}-s{tc.seed}")
     spec = select_tasks(resolve_dataset(cfg.dataset, cfg.base_dir), cfg.tasks)
     check_monitor(tc, spec)
@@ -188,6 +209,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
     prepare_seconds = time.perf_counter() - t0
     log(f"data {spec.name}: {prepared.rows} rows ({'cache' if prepared.from_cache else 'encoded'} "
         f"in {prepare_seconds:.1f}s at {prepared.root})")
+    precision = resolve_run_precision(tc, run_dir, resume, info)
+    if precision.requested == "auto":
+        log(f"train.precision auto -> {precision.precision}: {precision.reason}")
+    cfg = cfg.model_copy(update={"train": tc.model_copy(update={"precision": precision.precision})})
+    tc = cfg.train
     seed_everything(tc.seed, tc.deterministic)
     model = build_model(cfg.model.name, prepared.space, cfg.model.options())
     load_vector_tables(model, prepared)
@@ -226,7 +252,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, res
                        best_epoch=fit.best_epoch, epochs_run=fit.epochs_run,
                        train_samples_per_s=fit.train_samples_per_s, prepare_seconds=prepare_seconds,
                        fit_seconds=fit_seconds, num_parameters=n_params, valid=valid, test=test,
-                       test_calibrated=test_calibrated, model_object=model)
+                       test_calibrated=test_calibrated, precision=precision.to_dict(), model_object=model)
     if info.is_main:
         trainer._log_jsonl({"split": "test", "epoch": fit.best_epoch, "metrics": test})
         atomic_write_json(run_dir / "result.json", result.to_dict())

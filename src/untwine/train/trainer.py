@@ -25,6 +25,7 @@ from untwine.metrics.calibrators import downsampling_correction
 from untwine.nn.embedding import FieldEmbedding
 from untwine.train.config import TrainConfig
 from untwine.train.losses import RankingLoss, RepeatExposureWeight, multitask_bce
+from untwine.train.precision import resolve_precision
 
 CHECKPOINT_VERSION = 1
 
@@ -100,6 +101,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
 def predict(model: nn.Module, loader: BatchLoader, device: str = "cpu", precision: str = "fp32") -> dict[str, np.ndarray]:
     """Probabilities, labels, masks and groups of every row the loader yields (this rank's share).
     ``precision="bf16"`` scores under bf16 autocast, as a bf16-trained run was trained."""
+    precision = resolve_precision(precision, device).precision
     was_training = model.training
     model.eval()
     probs, labels, masks, groups = [], [], [], []
@@ -184,10 +186,10 @@ class Trainer:
             r = cfg.repeat_exposure
             self.rew = RepeatExposureWeight(tuple(tasks.index(t) for t in names), r.alpha, r.form, r.cap)
         self._pairs_rng = torch.Generator(device=info.device).manual_seed(cfg.seed + 7919 * info.rank)
-        # bf16 autocast of the training forward: matmuls in bf16, weights / optimizer / loss in fp32.
-        # Machine-dependent: 3.4x faster MLP steps on an AMD EPYC with avx512_bf16, slower on a Xeon
-        # without AMX (benchmarks/results/profile/levers.md). Evaluation scores the same way.
-        self.bf16 = cfg.precision == "bf16"
+        # bf16 autocast of the training forward: matmuls in bf16, weights / optimizer / loss in fp32;
+        # "auto" measures whether it pays on this machine (train/precision.py). Evaluation scores the same way.
+        self.precision = resolve_precision(cfg.precision, info.device, cfg.deterministic)
+        self.bf16 = self.precision.precision == "bf16"
 
     # ---- monitoring
     def score(self, metrics: dict[str, dict[str, float]]) -> float:
@@ -199,7 +201,7 @@ class Trainer:
     def predict(self, loader: BatchLoader) -> dict[str, np.ndarray]:
         """Every rank's predictions, back on the true rate when training down-sampled negatives."""
         # the unwrapped model: ranks may score different numbers of batches, so no collective per forward
-        pred = gather_arrays(predict(self.raw_model, loader, self.info.device, self.cfg.precision), self.info)
+        pred = gather_arrays(predict(self.raw_model, loader, self.info.device, self.precision.precision), self.info)
         return to_true_rate(pred, self.cfg.negative_keep_rate)
 
     def evaluate(self, loader: BatchLoader) -> dict[str, dict[str, float]]:
@@ -280,10 +282,11 @@ class Trainer:
             self._log_jsonl(record)
             if valid is not None:
                 t0 = time.perf_counter()
-                metrics = self.evaluate(valid)
+                pred = self.predict(valid)
+                metrics = task_metrics(pred, self.tasks)
                 score = self.score(metrics)
                 self._log_jsonl({"epoch": epoch, "split": "valid", "metrics": metrics,
-                                 "seconds": time.perf_counter() - t0})
+                                 "seconds": time.perf_counter() - t0, "rows": len(pred["labels"])})
                 improved = score > state["best_score"] or state["best_epoch"] < 0  # NaN never blocks a first save
                 if improved:
                     state.update(best_score=score, best_epoch=epoch, bad_epochs=0)

@@ -1,0 +1,47 @@
+"""Process-wide malloc settings for training: keep freed memory for reuse instead of returning it to the OS.
+
+glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically up to 32 MiB) with a
+fresh ``mmap`` and unmaps it on free, and trims the heap top back to the kernel once it exceeds the trim
+threshold. A training step allocates and frees the same large tensors every time (activations, their
+gradients, a dense embedding gradient of the whole table), so each step page-faults them in again: the
+kernel zeroes every 4 KiB page on first touch. On a 2-core AMD EPYC VM that cost a T1 DCN-V2 step a third
+of its time (benchmarks/results/profile/levers.md, lever 5). ``retain`` turns mmap off for the heap's
+allocations (``M_MMAP_MAX = 0``) and sets a 1 GiB trim threshold, so freed blocks stay in the process and the
+next step reuses them without faults; the price is that peak memory stays resident until the process ends.
+Not for long-lived servers, where a spike's memory should go back.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+
+__all__ = ["retain_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_TRIM_THRESHOLD = 1 << 30
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        gnu_get_libc_version = libc.gnu_get_libc_version  # absent from musl
+    except (OSError, AttributeError):
+        return None
+    gnu_get_libc_version.restype = ctypes.c_char_p
+    return libc
+
+
+def retain_freed_memory() -> str:
+    """Apply the ``retain`` settings to this process; returns what was done (for the run's log)."""
+    libc = _glibc()
+    if libc is None:
+        return "allocator unchanged: not glibc"
+    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    return ("allocator: freed memory retained for reuse (glibc M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)" if ok
+            else "allocator unchanged: glibc refused mallopt")
