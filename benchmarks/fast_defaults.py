@@ -4,7 +4,8 @@
 
 Variants: ``plain`` (dense Adam, default multi-pass kernel: ``train.fused_optimizer=false``), ``fused``
 (the default: the same Adam in one fused kernel), ``sparse_adam`` (sparse table gradients with
-SparseAdam, fused Adam for the rest), ``bf16`` (fused dense Adam with the training forward autocast to bf16). configs/<protocol>/<model>.yaml otherwise (PROTOCOLS defaults).
+SparseAdam, fused Adam for the rest), ``bf16`` (fused dense Adam with the training forward autocast to bf16), ``defaults`` (nothing overridden: fused Adam,
+train.precision auto, train.allocator retain). configs/<protocol>/<model>.yaml otherwise (PROTOCOLS defaults).
 Writes benchmarks/results/profile/fast_defaults_runs/*.json and fast_defaults.md.
 """
 from __future__ import annotations
@@ -20,8 +21,10 @@ from common import RESULTS, load_runs, machine, mean_std, write_json  # noqa: E4
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OUT = RESULTS / "profile"
-VARIANTS = {"plain": ["train.fused_optimizer=false"], "fused": [],
-            "sparse_adam": ["train.embedding_optimizer=sparse_adam"], "bf16": ["train.precision=bf16"]}
+# fp32 pinned where a variant means fp32: train.precision defaults to auto (bf16 where it measures faster)
+VARIANTS = {"plain": ["train.fused_optimizer=false", "train.precision=fp32"], "fused": ["train.precision=fp32"],
+            "sparse_adam": ["train.embedding_optimizer=sparse_adam", "train.precision=fp32"],
+            "bf16": ["train.precision=bf16"], "defaults": []}
 
 
 def main() -> None:
@@ -47,7 +50,7 @@ def main() -> None:
                         task = next(iter(r.test))
                         rec = {"protocol": p, "model": m, "variant": v, "seed": seed, "auc": r.test[task]["auc"],
                                "logloss": r.test[task]["logloss"], "epochs_run": r.epochs_run,
-                               "train_samples_per_s": r.train_samples_per_s}
+                               "train_samples_per_s": r.train_samples_per_s, "precision": r.precision.get("precision")}
                         write_json(OUT / "fast_defaults_runs" / f"{p}_{m}_{v}_s{seed}.json", rec)
                         print(p, m, v, seed, round(rec["auc"], 4), flush=True)
     recs = load_runs(OUT / "fast_defaults_runs")

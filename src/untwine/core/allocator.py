@@ -4,8 +4,8 @@ glibc serves every allocation above its mmap threshold (128 KiB, raised dynamica
 fresh ``mmap`` and unmaps it on free, and trims the heap top back to the kernel once it exceeds the trim
 threshold. A training step allocates and frees the same large tensors every time (activations, their
 gradients, a dense embedding gradient of the whole table), so each step page-faults them in again: the
-kernel zeroes every 4 KiB page on first touch. On a 2-core AMD EPYC VM that cost a T1 DCN-V2 step a third
-of its time (benchmarks/results/profile/levers.md, lever 5). ``retain`` turns mmap off for the heap's
+kernel zeroes every 4 KiB page on first touch. On a 2-core AMD EPYC VM that cost a T1 DCN-V2 step a quarter
+of its time (benchmarks/results/profile/levers.md, lever 4). ``retain`` turns mmap off for the heap's
 allocations (``M_MMAP_MAX = 0``) and sets a 1 GiB trim threshold, so freed blocks stay in the process and the
 next step reuses them without faults; the price is that peak memory stays resident until the process ends.
 Not for long-lived servers, where a spike's memory should go back.
