@@ -66,11 +66,15 @@ def _lists(results: Mapping[str, tuple[np.ndarray, np.ndarray]], order: Sequence
 
 
 def _first_new(ids: np.ndarray, taken: np.ndarray) -> np.ndarray:
-    """Positions of ``ids`` holding an item neither in ``taken`` nor earlier in ``ids``, in order."""
-    _, first = np.unique(ids, return_index=True)
-    fresh = np.zeros(len(ids), dtype=bool)
-    fresh[first] = True
-    return np.flatnonzero(fresh & ~np.isin(ids, taken))
+    """Positions of ``ids`` holding an item neither marked in the boolean ``taken`` nor earlier in ``ids``,
+    in order. A mask lookup, not set operations: this runs per channel on every request."""
+    pos = np.flatnonzero(~taken[ids])
+    if len(pos) > 1:
+        ordered = np.sort(ids[pos])
+        if (ordered[1:] == ordered[:-1]).any():  # a channel listed an item twice: keep its first place
+            _, first = np.unique(ids[pos], return_index=True)
+            pos = pos[np.sort(first)]
+    return pos
 
 
 def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas: Mapping[str, int], total: int,
@@ -81,6 +85,7 @@ def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas:
     order = _priority(results, quotas, priority)
     lists = _lists(results, order)
     cursor = [0] * len(order)
+    taken_mask = np.zeros(1 + max((int(ids.max()) for ids, _ in lists if len(ids)), default=-1), dtype=bool)
     # quota pass, vectorised per channel (it is the whole merge when the channels return their quotas)
     parts_items, parts_chan, parts_scores, n_taken = [], [], [], 0
     for c, name in enumerate(order):
@@ -88,7 +93,8 @@ def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas:
         if budget <= 0:
             continue
         ids, sc = lists[c]
-        pos = _first_new(ids, np.concatenate(parts_items) if parts_items else ids[:0])[:budget]
+        pos = _first_new(ids, taken_mask)[:budget]
+        taken_mask[ids[pos]] = True
         parts_items.append(ids[pos])
         parts_chan.append(np.full(len(pos), c, dtype=np.int64))
         parts_scores.append(sc[pos])
