@@ -372,6 +372,21 @@ def test_encoder_same_seed_same_output():
     assert not torch.equal(outs[0], NumericFieldEncoder(features, stats, encodings, D)(numeric, raw))
 
 
+@pytest.mark.parametrize("encoding", [SCALED, MNSE_A, BUCKET])
+def test_single_encoding_encoder_equals_its_one_module(encoding):
+    """With one encoding for every field the encoder skips the gather / concat / reorder: same values."""
+    features, stats, _, numeric, raw = mixed_setup()
+    torch.manual_seed(0)
+    enc = NumericFieldEncoder(features, stats, [encoding] * len(features), D, init_std=1.0)
+    assert enc.single_group and len(enc.groups) == 1
+    out = enc(numeric, raw)
+    module = enc.groups[0]
+    ref = module(numeric, torch.isnan(raw)) if isinstance(module, ScaledNumeric) else module(raw)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+
+
 def test_encoder_without_fields():
     enc = NumericFieldEncoder([], {}, [], D)
     assert enc(torch.zeros(3, 0), torch.zeros(3, 0)).shape == (3, 0, D)

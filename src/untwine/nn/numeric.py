@@ -325,6 +325,8 @@ class NumericFieldEncoder(nn.Module):
             order += cols
         # the groups' outputs concatenated hold the fields in grouped order; this gather restores feature order
         self.register_buffer("restore", torch.tensor(np.argsort(order, kind="stable")), persistent=False)
+        # one encoding for every field (the common case): no column gather, concatenation or reordering
+        self.single_group = len(groups) == 1
 
     @staticmethod
     def _group(enc: NumericEncoding, features: list[Feature], stats: dict[str, NumericStats], dim: int,
@@ -346,7 +348,7 @@ class NumericFieldEncoder(nn.Module):
         encodings need it."""
         parts = []
         for g, module in enumerate(self.groups):
-            cols = getattr(self, f"cols_{g}")
+            cols = slice(None) if self.single_group else getattr(self, f"cols_{g}")
             if isinstance(module, ScaledNumeric):
                 missing = torch.isnan(numeric_raw[:, cols]) if numeric_raw is not None else \
                     torch.zeros_like(numeric[:, cols], dtype=torch.bool)
@@ -357,4 +359,6 @@ class NumericFieldEncoder(nn.Module):
                 parts.append(module(numeric_raw[:, cols]))
         if not parts:
             return numeric.new_zeros(numeric.shape[0], 0, self.dim)
+        if self.single_group:
+            return parts[0]
         return torch.cat(parts, dim=1)[:, self.restore]
