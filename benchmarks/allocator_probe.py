@@ -18,10 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PY, RESULTS, ROOT, machine, run_json  # noqa: E402
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+from untwine.core.allocator import M_MMAP_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, RETAIN  # noqa: E402
+
 SETTINGS = {"system": [], "trim": [(M_TRIM_THRESHOLD, 1 << 30)],
             "mmap32": [(M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30)],
-            "retain": [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30)]}
+            "retain": list(RETAIN)}
 
 # mallopt, then benchmarks/throughput.py's untwine child in the same process
 CHILD = """

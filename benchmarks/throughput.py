@@ -48,9 +48,8 @@ def child_untwine(a) -> dict:
                   "embedding_optimizer": a.opt, "progress": False, "precision": a.precision,
                   "allocator": a.allocator}})
     # valid/test evaluation runs after the timed epochs and is excluded from samples/s
-    r = run_experiment(cfg, run_dir=WORK / "runs" / f"{a.dataset}-{a.model}-{a.numeric}-{a.opt}", resume=False,
-                       log=lambda *_: None)
     run_dir = WORK / "runs" / f"{a.dataset}-{a.model}-{a.numeric}-{a.opt}"
+    r = run_experiment(cfg, run_dir=run_dir, resume=False, log=lambda *_: None)
     valid = [rec for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
              if rec["split"] == "valid"]
     eval_rate = max(rec["rows"] / rec["seconds"] for rec in valid)  # the trainer's own valid pass: loader, forward, metrics

@@ -17,11 +17,10 @@ import ctypes.util
 import functools
 import sys
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["M_MMAP_MAX", "M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD", "RETAIN", "retain_freed_memory"]
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_TRIM_THRESHOLD = 1 << 30
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt options (malloc.h)
+RETAIN = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30))  # (option, value) pairs ``retain`` sets
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,6 +41,6 @@ def retain_freed_memory() -> str:
     libc = _glibc()
     if libc is None:
         return "allocator unchanged: not glibc"
-    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    ok = all(libc.mallopt(option, value) == 1 for option, value in RETAIN)
     return ("allocator: freed memory retained for reuse (glibc M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)" if ok
             else "allocator unchanged: glibc refused mallopt")

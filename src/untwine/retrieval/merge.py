@@ -69,11 +69,11 @@ def _first_new(ids: np.ndarray, taken: np.ndarray) -> np.ndarray:
     """Positions of ``ids`` holding an item neither marked in the boolean ``taken`` nor earlier in ``ids``,
     in order. A mask lookup, not set operations: this runs per channel on every request."""
     pos = np.flatnonzero(~taken[ids])
-    if len(pos) > 1:
-        ordered = np.sort(ids[pos])
-        if (ordered[1:] == ordered[:-1]).any():  # a channel listed an item twice: keep its first place
-            _, first = np.unique(ids[pos], return_index=True)
-            pos = pos[np.sort(first)]
+    fresh = ids[pos]
+    ordered = np.sort(fresh)
+    if (ordered[1:] == ordered[:-1]).any():  # a channel listed an item twice: keep its first place
+        _, first = np.unique(fresh, return_index=True)
+        pos = pos[np.sort(first)]
     return pos
 
 
