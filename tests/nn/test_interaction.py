@@ -87,6 +87,31 @@ def test_cross_v2_equals_naive_loop(B, d, layers):
     torch.testing.assert_close(out, naive_cross_v2(net, x0), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_cross_v2_under_bf16_autocast_matches_the_textbook_expression_bitwise(grad):
+    """The cast-first, in-place forward gives the values, and gradients, of x0 * layer(x) + x under autocast."""
+    torch.manual_seed(2)
+    net = CrossNetV2(24, 3)
+    x0 = torch.randn(64, 24, requires_grad=grad)
+
+    def textbook(x0):
+        x = x0
+        for layer in net.layers:
+            x = x0 * layer(x) + x
+        return x
+
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = net(x0), textbook(x0)
+    assert got.dtype == want.dtype == torch.float32
+    assert torch.equal(got, want)
+    if grad:
+        g = torch.randn_like(got)
+        got_grads = torch.autograd.grad(got, [x0, *net.parameters()], g)
+        want_grads = torch.autograd.grad(want, [x0, *net.parameters()], g)
+        for a, b in zip(got_grads, want_grads):
+            assert torch.equal(a, b)
+
+
 def test_cross_v2_zero_layers_is_identity():
     x0 = torch.randn(3, 4)
     torch.testing.assert_close(CrossNetV2(4, 0)(x0), x0)

@@ -40,7 +40,11 @@ class CrossNetV2(nn.Module):
     def forward(self, x0: Tensor) -> Tensor:  # (B, d) -> (B, d)
         x = x0
         for layer in self.layers:
-            x = x0 * layer(x) + x
+            # under bf16 autocast the layer gives bf16 and x0 is fp32: a mixed-dtype multiply takes PyTorch's
+            # slow casting path, so the product is cast first (the same fp32 values) and the sum written into
+            # it; without autograd the cast's fresh output takes the product too
+            h = layer(x).to(x0.dtype)
+            x = (h.mul_(x0) if not torch.is_grad_enabled() else x0 * h).add_(x)
         return x
 
 
