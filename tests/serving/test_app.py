@@ -455,3 +455,39 @@ def test_build_app_freezes_the_start_up_heap(loader):
         assert not any(o is funnel for o in gc.get_objects()), "the loaded funnel must be in the frozen heap"
     finally:
         gc.unfreeze()
+
+
+class AsyncFakeFunnel(FakeFunnel):
+    """A FakeFunnel that runs "elsewhere" (as the worker-process pool does): the app must await
+    ``call_async`` on its loop, report the wait it returns as the queue stage, and never use its threads."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.async_calls: list[str] = []
+
+    async def call_async(self, method: str, req):
+        self.async_calls.append(method)
+        return 0.0125, getattr(self, method)(req)
+
+
+def test_a_funnel_with_call_async_is_awaited_not_run_on_a_pool_thread():
+    funnels: list[AsyncFakeFunnel] = []
+
+    def load(path: str) -> AsyncFakeFunnel:
+        funnels.append(AsyncFakeFunnel(bundle_id=path))
+        return funnels[-1]
+
+    def pool_threads() -> set[int]:  # other tests' apps may leave theirs behind: only new ones count
+        return {t.ident for t in threading.enumerate() if t.name.startswith("untwine-funnel")}
+
+    before = pool_threads()
+    with TestClient(create_app(load, "async-v1"), client=LOOPBACK) as c:
+        r = c.post("/recommend", json=recommend_body())
+        assert r.status_code == 200 and len(r.json()["items"]) == 5
+        assert r.json()["timings_ms"]["queue"] == pytest.approx(12.5)
+        s = c.post("/score", json=score_body())
+        assert s.status_code == 200 and len(s.json()["scores"]) == 3
+        bad = c.post("/recommend", json=recommend_body(user={"user_id": 7}))
+        assert bad.status_code == 422 and "user_id" in bad.json()["detail"]
+    assert funnels[0].async_calls == ["recommend", "score", "recommend"]
+    assert pool_threads() <= before

@@ -1,5 +1,6 @@
 """Bundles end to end on a small simulated log: export, hash verification, identical scores after the
 round trip, the funnel's request path (OOV users and items), and the HTTP service over a real bundle."""
+import asyncio
 import json
 import shutil
 
@@ -177,6 +178,15 @@ def test_process_pool_funnel_serves_the_bundle_and_forwards_bad_input(bundle_env
         np.testing.assert_allclose(pool.score(req).scores, funnel.score(req).scores, rtol=1e-6)
         with pytest.raises(BadInputError, match="user_ext_vec"):
             pool.score(ScoreRequest(user={"user_ext_vec": "oops"}, history=[], items=["1"]))
+
+        async def on_the_loop():  # the app's path: awaited, the worker's wait for a free process reported
+            waited, scored = await pool.call_async("score", req)
+            with pytest.raises(BadInputError, match="user_ext_vec"):
+                await pool.call_async("score", ScoreRequest(user={"user_ext_vec": "oops"}, history=[], items=["1"]))
+            return waited, scored
+
+        waited, scored = asyncio.run(on_the_loop())
+        assert 0 <= waited < 60 and scored.scores == pool.score(req).scores
     finally:
         pool.close()
 

@@ -10,7 +10,9 @@ A plain ``def`` endpoint would do the same thing through FastAPI's shared anyio 
 the dedicated pool exists so the number of threads running the funnel can be set to what the cores
 can actually run (requests beyond it queue in FIFO order instead of time-slicing 40 threads over 2
 cores, which inflates every request's latency and the tail with it). The wait for a pool thread is
-reported as the ``queue`` stage. See docs/serving.md for the measurement behind the default.
+reported as the ``queue`` stage. See docs/serving.md for the measurement behind the default. A funnel
+that runs in worker processes (``call_async``, untwine.serving.pool) is awaited on the event loop
+instead, and ``queue`` is then the wait for a free worker process.
 
 Reload. The loaded funnel lives in one reference that is replaced whole; a request reads it once and
 uses that object to the end, so a reload never changes the funnel under a running request. Loading
@@ -32,7 +34,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -61,8 +63,6 @@ REQUEST_ID_SCOPE_KEY = "untwine.request_id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _MAX_ERROR_CHARS = 500
 
-T = TypeVar("T")
-
 
 # ---------------------------------------------------------------------------------------- metrics
 
@@ -78,7 +78,8 @@ class ServingMetrics:
                                  "from the first byte seen by the app to the last byte sent",
                                  ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.stage = Histogram("untwine_stage_latency_seconds", "Funnel stage time as reported in timings_ms "
-                               "(queue = wait for a funnel thread)", ["stage"], buckets=STAGE_BUCKETS_S, registry=r)
+                               "(queue = wait for a funnel thread or worker process)", ["stage"],
+                               buckets=STAGE_BUCKETS_S, registry=r)
         self.in_flight = Gauge("untwine_in_flight_requests", "HTTP requests being served", registry=r)
         self.bundle_items = Gauge("untwine_bundle_items", "Servable items in the loaded bundle", registry=r)
         self.reloads = Counter("untwine_reloads", "Bundle reloads by result", ["result"], registry=r)
@@ -395,17 +396,22 @@ def create_app(loader: Callable[[str], Funnel], bundle_path: str, max_body_bytes
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # added last = outermost
 
-    async def run_funnel(call: Callable[[], T], request: Request) -> T:
-        """Run one funnel call on the pool; BadInputError -> 422, anything else -> logged 500."""
+    async def run_funnel(funnel: Funnel, method: str, body: Any, request: Request) -> Any:
+        """Run ``funnel.<method>(body)`` on the pool; BadInputError -> 422, anything else -> logged 500.
+        A funnel with ``call_async`` (worker processes) is awaited on the loop instead: a pool thread
+        blocked on each call only adds thread hand-offs to every request."""
         request_id = request.scope.get(REQUEST_ID_SCOPE_KEY, "")
         enqueued = time.perf_counter()
+        call = getattr(funnel, method)
 
-        def timed() -> tuple[float, T]:
+        def timed() -> tuple[float, Any]:
             waited = time.perf_counter() - enqueued
-            return waited, call()
+            return waited, call(body)
 
+        direct = getattr(funnel, "call_async", None)
         try:
-            waited_s, result = await asyncio.wrap_future(pool.submit(timed))
+            waited_s, result = await (direct(method, body) if direct is not None
+                                      else asyncio.wrap_future(pool.submit(timed)))
         except BadInputError as e:
             raise HTTPException(status_code=422, detail=str(e)[:_MAX_ERROR_CHARS]) from None
         except Exception:
@@ -422,7 +428,7 @@ def create_app(loader: Callable[[str], Funnel], bundle_path: str, max_body_bytes
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
         funnel = state.current.funnel  # read once: a reload during this request does not switch funnels
-        result = await run_funnel(lambda: funnel.recommend(body), request)
+        result = await run_funnel(funnel, "recommend", body, request)
         if not isinstance(result, RecommendResponse):
             raise contract_broken(request, f"recommend returned {type(result).__name__}")
         if len(result.items) > body.k:
@@ -435,7 +441,7 @@ def create_app(loader: Callable[[str], Funnel], bundle_path: str, max_body_bytes
     @app.post("/score", response_model=ScoreResponse)
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         funnel = state.current.funnel
-        result = await run_funnel(lambda: funnel.score(body), request)
+        result = await run_funnel(funnel, "score", body, request)
         if not isinstance(result, ScoreResponse):
             raise contract_broken(request, f"score returned {type(result).__name__}")
         if len(result.scores) != len(body.items):

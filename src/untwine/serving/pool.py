@@ -20,16 +20,19 @@ request holding it lets go. Cold-start impression counters live in each worker (
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from untwine.serving.contract import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
 
 _FUNNEL = None  # the bundle of this worker process
+_RESPONSES = {"recommend": RecommendResponse, "score": ScoreResponse}
 
 
 LOAD_NICENESS = 19
@@ -67,6 +70,15 @@ def _recommend(body: str) -> str:
 
 def _score(body: str) -> str:
     return _FUNNEL.score(ScoreRequest.model_validate_json(body)).model_dump_json()
+
+
+_CALLS = {"recommend": _recommend, "score": _score}
+
+
+def _timed(method: str, body: str, submitted: float) -> tuple[float, str]:
+    """(seconds the call waited for a free worker, its response as JSON text). ``time.monotonic`` reads
+    CLOCK_MONOTONIC, one clock for every process of the machine."""
+    return time.monotonic() - submitted, _CALLS[method](body)
 
 
 def _context():
@@ -143,6 +155,13 @@ class ProcessPoolFunnel:
 
     def score(self, req: ScoreRequest) -> ScoreResponse:
         return ScoreResponse.model_validate_json(self._pool.submit(_score, req.model_dump_json()).result())
+
+    async def call_async(self, method: str, req: RecommendRequest | ScoreRequest) -> tuple[float, Any]:
+        """``recommend`` or ``score`` awaited on the caller's event loop -> (seconds queued for a worker,
+        response). Exceptions raised in the worker (BadInputError included) are raised here."""
+        waited, text = await asyncio.wrap_future(
+            self._pool.submit(_timed, method, req.model_dump_json(), time.monotonic()))
+        return waited, _RESPONSES[method].model_validate_json(text)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

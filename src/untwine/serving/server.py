@@ -11,6 +11,7 @@ workers) is the number of requests one worker runs at once; the rest queue.
 
 ``processes > 1`` keeps one HTTP process and runs the funnel in that many worker processes, each
 request going to a free one (``untwine.serving.pool``): the cores are used and the load stays even;
+the event loop awaits the workers directly, and ``queue`` is the wait for a free worker process;
 ``/admin/reload`` builds a new pool and swaps it in. ``workers > 1`` instead runs that many processes on one socket, each with its own copy of the bundle (memory
 x workers). ``/admin/reload`` then reaches only the worker that accepted the connection: use the
 file watch (``--watch-interval``), which every worker runs, to roll a new bundle out to all of them.
@@ -141,7 +142,9 @@ def serve(bundle_path: str, host: str = "127.0.0.1", port: int = 8000, workers: 
         os.environ["UNTWINE_FUNNEL_PROCESSES"] = str(processes)
         os.environ["UNTWINE_TORCH_THREADS"] = str(torch_threads)
         loader = "untwine.serving.pool:load_pool_funnel"
-        funnel_threads = funnel_threads or 2 * processes  # one queued per worker hides the hand-off (loadtest.md)
+        # requests are awaited on the pool from the event loop (ProcessPoolFunnel.call_async); the threads
+        # serve only funnels without it
+        funnel_threads = funnel_threads or 2 * processes
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if host not in ("127.0.0.1", "::1", "localhost") and admin_token is None:
