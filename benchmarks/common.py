@@ -26,8 +26,10 @@ def machine() -> dict:
         pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+    # machines of one kind differ in vector units (AVX2 only, or AVX-512 with bf16), which decide the bf16
+    # rates and what train.precision auto resolves to: a result names the one it ran on
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def peak_rss_mb() -> float:

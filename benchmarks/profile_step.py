@@ -16,7 +16,7 @@ Two bounds put the numbers in context, both measured on this machine in the same
   optimizer reading and writing parameter, gradient and two moments for every table row it touches
   (the whole table for dense Adam, the batch's unique rows for sparse Adam) -- over the measured copy
   bandwidth of a 256 MB tensor.
-Writes benchmarks/results/profile/profile_step.json and profile_step.md.
+Writes benchmarks/results/profile/<tag>.json and <tag>.md (``--tag``, default profile_step).
 """
 from __future__ import annotations
 
@@ -211,9 +211,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--retain", action="store_true",
+                    help="keep freed memory for the next step, as the trainer does by default (train.allocator)")
+    ap.add_argument("--tag", default="profile_step", help="output name (a machine of another kind: another tag)")
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     a = ap.parse_args()
-    res = {"machine": machine(), "matmul_gflops": matmul_gflops(a.threads), "copy_gbps": copy_gbps(), "runs": []}
+    if a.retain:
+        from untwine.core.allocator import retain_freed_memory
+
+        retain_freed_memory()
+    res = {"machine": machine(), "matmul_gflops": matmul_gflops(a.threads), "copy_gbps": copy_gbps(), "retain": a.retain,
+           "runs": []}
     for model in a.models:
         for numeric in a.numeric:
             for opt in a.opt:
@@ -222,9 +230,9 @@ def main() -> None:
                     res["runs"].append(r)
                     print(model, numeric, opt, precision, {k: round(v, 1) for k, v in r["ms"].items()},
                           f"{r['samples_per_s']:,.0f}/s", flush=True)
-    write_json(OUT / "profile_step.json", res)
-    (OUT / "profile_step.md").write_text(table(res))
-    print((OUT / "profile_step.md").read_text())
+    write_json(OUT / f"{a.tag}.json", res)
+    (OUT / f"{a.tag}.md").write_text(table(res))
+    print((OUT / f"{a.tag}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -62,13 +62,20 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--index", default="ivf_flat", help="ANN index of the two-tower channel")
-    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="ranking forward (rank_export.md)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="ranking forward (rank_export.md); auto: bf16 where train.precision auto would pick it")
     ap.add_argument("--funnel-threads", type=int, default=None)
     ap.add_argument("--processes", type=int, default=2, help="funnel worker processes of the server")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="extra concurrency-8 runs (the machine is noisy)")
     ap.add_argument("--build-only", action="store_true", help="build the runs, bundles and requests, no load test")
     args = ap.parse_args()
+    if args.precision == "auto":  # bf16 is emulated, slower than fp32, on CPUs without native bf16 (AVX2 only)
+        from untwine.train.precision import resolve_precision
+
+        choice = resolve_precision("auto")
+        print(f"rank precision auto -> {choice.precision}: {choice.reason}", flush=True)
+        args.precision = choice.precision
     if args.rebuild or not (SIM / "items.parquet").exists():
         sh(UNTWINE, "simulate", str(SIM), "--set", "n_ads=100000")
     rank, recall = RUNS / "sim100k-dcnv2", RUNS / "sim100k-recall"

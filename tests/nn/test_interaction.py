@@ -322,3 +322,46 @@ def test_gwpfm_reads_the_partner_groups_vector():
 def test_gwpfm_rejects_unused_group_numbers():
     with pytest.raises(ValueError, match="numbered 0..G-1"):
         GroupwisePFM([0, 2])
+
+
+@pytest.mark.parametrize("d", [13, 390, 16])
+@pytest.mark.parametrize("grad", [True, False])
+def test_cross_v2_in_fp32_at_any_width_matches_the_textbook_expression(d, grad):
+    """Odd widths run zero-padded to a multiple of 8 (faster products): the values and the gradients of
+    x0, W_l and b_l are those of x0 * layer(x) + x at the real width, the parameters keep their shapes."""
+    torch.manual_seed(4)
+    net = CrossNetV2(d, 3)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.bias.normal_()
+    x0 = torch.randn(32, d, requires_grad=grad)
+
+    def textbook(x0):
+        x = x0
+        for layer in net.layers:
+            x = x0 * layer(x) + x
+        return x
+
+    with torch.set_grad_enabled(grad):
+        got, want = net(x0), textbook(x0)
+    assert got.shape == (32, d) and [tuple(p.shape) for p in net.parameters()] == [(d, d), (d,)] * 3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if grad:
+        g = torch.randn_like(got)
+        got_grads = torch.autograd.grad(got, [x0, *net.parameters()], g)
+        want_grads = torch.autograd.grad(want, [x0, *net.parameters()], g)
+        for a, b in zip(got_grads, want_grads):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_cross_v2_padding_is_taken_only_for_odd_widths_outside_autocast(monkeypatch):
+    """The padded path is what runs for an odd fp32 width (so the test above exercises it), and only then."""
+    calls = []
+    original = CrossNetV2._padded_forward
+    monkeypatch.setattr(CrossNetV2, "_padded_forward", lambda self, x0, pad: calls.append(pad) or original(self, x0, pad))
+    CrossNetV2(13, 2)(torch.randn(4, 13))
+    CrossNetV2(16, 2)(torch.randn(4, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        CrossNetV2(13, 2)(torch.randn(4, 13))
+    assert calls == [3]
