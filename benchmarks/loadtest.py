@@ -363,13 +363,17 @@ def server_view(before: dict[str, float], after: dict[str, float], endpoint: str
 # ------------------------------------------------------------------------------------------- main
 
 def machine() -> dict:
-    cpu = ""
+    cpu, flags = "", set()
     try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    # machines of one kind differ here, and the ranker's bf16 speed with them (docs/serving.md)
+    isa = ("AVX512 with bf16" if "avx512_bf16" in flags else "AVX512" if "avx512f" in flags
+           else "AVX2" if "avx2" in flags else "unknown")
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
             "kernel": platform.release()}
 
 
@@ -532,7 +536,8 @@ def markdown(r: dict) -> str:
                   "> toy model, not untwine's funnel.", ""]
     lines += [
         f"- date: {r['date']}",
-        f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m.get('isa', 'ISA not recorded')}, Python {m['python']}, "
+        f"kernel {m['kernel']}",
         f"- command: `{r['command']}`",
         f"- server: `{r['server_command']}`",
         f"- server threads: torch_threads={s['torch_threads']}, funnel_threads={s['funnel_threads']}, "
