@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", default="runs/serving/bundle-sim100k")
     ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=RESULTS / "serving" / "rank_export.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     f = BundleFunnel.load(args.bundle)
@@ -102,8 +103,8 @@ def main() -> None:
              "| path | ms per 500-candidate forward | max abs diff of pCTR vs eager fp32 |", "|---|---|---|"]
     lines += [f"| {n} | {ms:.2f} | {d:.2e} |" for n, ms, d in rows]
     lines += ["", f"Command: `python benchmarks/rank_export.py --bundle {args.bundle}`. Machine: {m['cpu']}, "
-              f"{m['cores']} cores, torch {m['torch']}."]
-    out = RESULTS / "serving" / "rank_export.md"
+              f"{m['cores']} cores, {m['isa']}, torch {m['torch']}."]
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
