@@ -85,3 +85,53 @@ def test_hand_computation_with_batch_norm_eval():
     h0 = max(2.0 * (5.0 - 1.0) / (4.0 + eps) ** 0.5, 0.0)
     h1 = max(1.0 * (-3.0 + 1.0) / (1.0 + eps) ** 0.5 + 0.5, 0.0)
     torch.testing.assert_close(mlp(x), torch.tensor([[h0 + h1]]))
+
+
+def _reference(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
+    """The Sequential's own modules applied one by one (MKL linear, then a ReLU pass)."""
+    for layer in mlp.net:
+        x = layer(x)
+    return x
+
+
+@pytest.mark.parametrize("in_dim", [7, 390])
+def test_scoring_through_the_fused_linear_relu_equals_the_layers_one_by_one(in_dim):
+    torch.manual_seed(0)
+    mlp = MLP(in_dim, (16, 8), out_dim=1).eval()
+    x = torch.randn(33, in_dim)
+    with torch.inference_mode():
+        got = mlp(x)
+        want = _reference(mlp, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_kernel_runs_only_for_fp32_scoring(monkeypatch):
+    """Taken with autograd off in fp32 (where this machine has it), never in training or under bf16 autocast,
+    so training's values and gradients are exactly those of the layers one by one."""
+    import untwine.nn.mlp as mlp_module
+
+    if not mlp_module._onednn_linear_relu_available():
+        pytest.skip("oneDNN's fused fp32 linear + ReLU does not run on this machine")
+    calls = []
+    op = torch.ops.mkldnn._linear_pointwise
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args[3])
+            return op(*args)
+
+    monkeypatch.setattr(mlp_module.torch.ops.mkldnn, "_linear_pointwise", Spy(), raising=False)
+    torch.manual_seed(1)
+    mlp = MLP(6, (5, 4), out_dim=1)
+    x = torch.randn(3, 6, requires_grad=True)
+    with torch.no_grad():
+        mlp(x)
+    assert calls == ["relu", "relu"]
+    calls.clear()
+    out = mlp(x)
+    assert calls == [] and torch.equal(out, _reference(mlp, x))
+    out.sum().backward()
+    assert x.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mlp(x)
+    assert calls == []

@@ -1,10 +1,36 @@
 """Multi-layer perceptron."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_linear_relu_available() -> bool:
+    """Whether this build and CPU run oneDNN's fp32 linear with a fused ReLU (a private op that inductor emits)."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x, w, b = torch.randn(4, 3), torch.randn(5, 3), torch.randn(5)
+        return bool(torch.allclose(op(x, w, b, "relu", [None], ""), torch.relu(x @ w.t() + b), atol=1e-5))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def linear_relu(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``relu(layer(x))``. Scoring on CPU in fp32 (no autograd, no autocast) goes through oneDNN's fused
+    kernel: MKL's linear then a separate ReLU pass took 1.06-1.33x longer in T1 scoring passes on 2 AVX2 cores
+    (benchmarks/results/profile/mlp_fused_ab_avx2.md). Training keeps MKL and autograd's backward: the fused
+    forward under a custom backward gave no training gain there (0.96-1.06x)."""
+    if (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+            and layer.bias is not None and layer.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and _onednn_linear_relu_available()):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), layer.weight, layer.bias, "relu", [None], "")
+    return torch.relu(layer(x))
 
 
 class MLP(nn.Module):
@@ -52,4 +78,14 @@ class MLP(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_dim) -> (B, out_dim)
-        return self.net(x)
+        layers = list(self.net)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, nn.Linear) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
+                x = linear_relu(layer, x)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
