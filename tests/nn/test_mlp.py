@@ -98,7 +98,7 @@ def _reference(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
 def test_scoring_through_the_fused_linear_relu_equals_the_layers_one_by_one(in_dim):
     torch.manual_seed(0)
     mlp = MLP(in_dim, (16, 8), out_dim=1).eval()
-    x = torch.randn(33, in_dim)
+    x = torch.randn(2100, in_dim)
     with torch.inference_mode():
         got = mlp(x)
         want = _reference(mlp, x)
@@ -106,8 +106,8 @@ def test_scoring_through_the_fused_linear_relu_equals_the_layers_one_by_one(in_d
 
 
 def test_fused_kernel_runs_only_for_fp32_scoring(monkeypatch):
-    """Taken with autograd off in fp32 (where this machine has it), never in training or under bf16 autocast,
-    so training's values and gradients are exactly those of the layers one by one."""
+    """Taken with autograd off in fp32 for large batches (where this machine has it), never in training, under
+    bf16 autocast or for small batches, so training's values and gradients are those of the layers one by one."""
     import untwine.nn.mlp as mlp_module
 
     if not mlp_module._onednn_linear_relu_available():
@@ -123,10 +123,13 @@ def test_fused_kernel_runs_only_for_fp32_scoring(monkeypatch):
     monkeypatch.setattr(mlp_module.torch.ops.mkldnn, "_linear_pointwise", Spy(), raising=False)
     torch.manual_seed(1)
     mlp = MLP(6, (5, 4), out_dim=1)
-    x = torch.randn(3, 6, requires_grad=True)
+    x = torch.randn(mlp_module.FUSED_MIN_ROWS, 6, requires_grad=True)
     with torch.no_grad():
         mlp(x)
-    assert calls == ["relu", "relu"]
+        assert calls == ["relu", "relu"]
+        calls.clear()
+        mlp(x[:500])
+    assert calls == []
     calls.clear()
     out = mlp(x)
     assert calls == [] and torch.equal(out, _reference(mlp, x))

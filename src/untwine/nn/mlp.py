@@ -8,6 +8,9 @@ import torch
 from torch import Tensor, nn
 
 
+FUSED_MIN_ROWS = 2048  # measured faster at 4096 rows, not at 500 (levers.md section 9)
+
+
 @functools.lru_cache(maxsize=None)
 def _onednn_linear_relu_available() -> bool:
     """Whether this build and CPU run oneDNN's fp32 linear with a fused ReLU (a private op that inductor emits)."""
@@ -23,10 +26,13 @@ def _onednn_linear_relu_available() -> bool:
 
 def linear_relu(layer: nn.Linear, x: Tensor) -> Tensor:
     """``relu(layer(x))``. Scoring on CPU in fp32 (no autograd, no autocast) goes through oneDNN's fused
-    kernel: MKL's linear then a separate ReLU pass took 1.06-1.33x longer in T1 scoring passes on 2 AVX2 cores
+    kernel: MKL's linear then a separate ReLU pass took 1.06-1.19x longer in T1 scoring passes on 2 AVX2 cores
     (benchmarks/results/profile/mlp_fused_ab_avx2.md). Training keeps MKL and autograd's backward: the fused
-    forward under a custom backward gave no training gain there (0.96-1.06x)."""
-    if (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+    forward under a custom backward gave no training gain there (0.96-1.06x). Only for batches of at least
+    ``FUSED_MIN_ROWS``: at serving's 500 candidates on one thread it was no faster (2.18 against 2.01 ms at
+    400 x 400)."""
+    if (not torch.is_grad_enabled() and x.dim() == 2 and x.shape[0] >= FUSED_MIN_ROWS
+            and x.device.type == "cpu" and x.dtype == torch.float32
             and layer.bias is not None and layer.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and _onednn_linear_relu_available()):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), layer.weight, layer.bias, "relu", [None], "")
