@@ -108,3 +108,47 @@ def sim_oracle(sim_dir: Path) -> tuple[float, float]:
     t = pq.read_table(Path(sim_dir) / "test.parquet", columns=["p_click", "click", "user_id"])
     p, y = t.column("p_click").to_numpy(), t.column("click").to_numpy()
     return auc(p, y), gauc(p, y, np.asarray(t.column("user_id").to_pylist())).value
+
+
+def median_ms(fns: dict, rounds: int, per: int = 1) -> dict:
+    """Median ms per unit (a call's time / ``per``) of each function, the functions interleaved within every
+    round so a drifting machine slows all alike; each is called once first (oneDNN and MKL build their kernels
+    per shape)."""
+    import time
+
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) / per * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def t1_prepared(threads: int):
+    """The T1 cache for an in-process measurement: (spec, prepared), with the trainer's retain allocator,
+    ``threads`` torch threads and seed 1."""
+    import torch
+
+    from untwine.core.allocator import retain_freed_memory
+    from untwine.core.dataset_spec import DatasetSpec
+    from untwine.data.encode import prepare
+    from untwine.data.recipes import prepare as prepare_recipe
+
+    retain_freed_memory()
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    spec = DatasetSpec.from_yaml(prepare_recipe("t1", WORK / "t1"))
+    return spec, prepare(spec, progress=False, log=lambda *_: None)
+
+
+def write_isa_result(stem: str, lines: list[str]) -> Path:
+    """results/profile/<stem>_<isa>.md (machines of one kind differ by vector ISA), printed too."""
+    import torch
+
+    out = RESULTS / "profile" / f"{stem}_{torch.backends.cpu.get_cpu_capability().lower()}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out

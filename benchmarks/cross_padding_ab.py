@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, WORK, machine  # noqa: E402
+from common import machine, median_ms, t1_prepared, write_isa_result  # noqa: E402
 
 
 def main() -> None:
@@ -31,18 +29,10 @@ def main() -> None:
     import torch.nn.functional as F
 
     import untwine.nn.interaction as interaction
-    from untwine.core.allocator import retain_freed_memory
-    from untwine.core.dataset_spec import DatasetSpec
-    from untwine.data.encode import prepare
     from untwine.data.loader import BatchLoader, SplitArrays
-    from untwine.data.recipes import prepare as prepare_recipe
     from untwine.models.base import build_model
 
-    retain_freed_memory()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(1)
-    spec = DatasetSpec.from_yaml(prepare_recipe("t1", WORK / "t1"))
-    prepared = prepare(spec, progress=False, log=lambda *_: None)
+    spec, prepared = t1_prepared(a.threads)
     shipped = interaction.FP32_ALIGN
     rows = []
     for numeric in ("raw", "embed"):
@@ -51,49 +41,39 @@ def main() -> None:
         loader = BatchLoader(SplitArrays.open(prepared, "train"), spec.schema, 4096, shuffle=True, seed=1, prefetch=0)
         batches = [b for _, b in zip(range(a.batches), loader)]
 
-        def train_ms() -> float:
-            t0 = time.perf_counter()
+        def train(align: int) -> None:
+            interaction.FP32_ALIGN = align
             for b in batches:
                 out = model(b)
                 loss = F.binary_cross_entropy_with_logits(next(iter(out.values())), b.labels[:, 0])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            return (time.perf_counter() - t0) / len(batches) * 1e3
 
-        def score_ms() -> float:
-            t0 = time.perf_counter()
+        def score(align: int) -> None:
+            interaction.FP32_ALIGN = align
             with torch.inference_mode():
                 for b in batches:
                     model(b)
-            return (time.perf_counter() - t0) / len(batches) * 1e3
 
-        times: dict[tuple[str, int], list[float]] = {}
         try:
-            for align in (shipped, 1):  # warm-up: each width's kernels built once
-                interaction.FP32_ALIGN = align
-                train_ms(), score_ms()
-            for _ in range(a.rounds):
-                for align in (shipped, 1):
-                    interaction.FP32_ALIGN = align
-                    times.setdefault(("train", align), []).append(train_ms())
-                    times.setdefault(("score", align), []).append(score_ms())
+            ms = median_ms({(kind, align): (lambda f=f, align=align: f(align))
+                            for kind, f in (("train", train), ("score", score)) for align in (shipped, 1)},
+                           a.rounds, len(batches))
         finally:
             interaction.FP32_ALIGN = shipped
         width = model.embedding.output_dim
         for kind in ("train", "score"):
-            padded, plain = statistics.median(times[(kind, shipped)]), statistics.median(times[(kind, 1)])
+            padded, plain = ms[(kind, shipped)], ms[(kind, 1)]
             rows.append(f"| {numeric} | {width} | {'training step' if kind == 'train' else 'scoring'} | "
                         f"{plain:.1f} | {padded:.1f} | {plain / padded:.2f}x |")
             print(rows[-1], flush=True)
-    lines = ["# DCN-V2 cross network: odd fp32 widths padded to a multiple of 8, interleaved A/B (issue 8)", "",
-             f"`python benchmarks/cross_padding_ab.py {' '.join(sys.argv[1:])}`", "",
-             f"Machine: {json.dumps(machine())}. T1, batch 4096, fused Adam, retain allocator; medians of "
-             f"{a.rounds} interleaved rounds of {a.batches} batches, ms per batch.", "",
-             "| numerics | width | pass | unpadded | padded (shipped) | speed-up |", "|---|---|---|---|---|---|", *rows]
-    out = RESULTS / "profile" / f"cross_padding_ab_{torch.backends.cpu.get_cpu_capability().lower()}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_isa_result("cross_padding_ab", [
+        "# DCN-V2 cross network: odd fp32 widths padded to a multiple of 8, interleaved A/B (issue 8)", "",
+        f"`python benchmarks/cross_padding_ab.py {' '.join(sys.argv[1:])}`", "",
+        f"Machine: {json.dumps(machine())}. T1, batch 4096, fused Adam, retain allocator; medians of "
+        f"{a.rounds} interleaved rounds of {a.batches} batches, ms per batch.", "",
+        "| numerics | width | pass | unpadded | padded (shipped) | speed-up |", "|---|---|---|---|---|---|", *rows])
 
 
 if __name__ == "__main__":

@@ -15,26 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, WORK, machine  # noqa: E402
-
-
-def median_ms(fns: dict, rounds: int, per: int) -> dict[str, float]:
-    """Median ms per call of each function, the functions interleaved within every round."""
-    times = {k: [] for k in fns}
-    for f in fns.values():
-        f()  # warm: oneDNN builds its kernels per shape
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t0) / per * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+from common import WORK, machine, median_ms, write_isa_result  # noqa: E402
 
 
 def main() -> None:
@@ -148,9 +133,7 @@ def main() -> None:
         lines += ["", "## Cross network: textbook `x0 * layer(x) + x` against the shipped forward", "",
                   f"Outputs bitwise equal: {same}. ms per 4096 rows.", "",
                   "| pass | textbook | shipped | speed-up |", "|---|---|---|---|", *cross_rows]
-    out = RESULTS / "profile" / f"forward_parts_{torch.backends.cpu.get_cpu_capability().lower()}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_isa_result("forward_parts", lines)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine  # noqa: E402
+from common import machine, median_ms, write_isa_result  # noqa: E402
 
 PAIRS = [((273, 400), (280, 400)), ((390, 400), (392, 400)), ((390, 390), (392, 392)), ((273, 273), (280, 280))]
 
@@ -38,20 +36,12 @@ def main() -> None:
     for i, o in shapes:
         x, w = torch.randn(a.batch, i, generator=gen), torch.randn(o, i, generator=gen)
         b, g = torch.randn(o, generator=gen), torch.randn(a.batch, o, generator=gen)
-        fns[(i, o)] = [lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()), lambda g=g, w=w: torch.mm(g, w),
-                       lambda g=g, x=x: torch.mm(g.t(), x)]
-    for fs in fns.values():
-        for f in fs:
-            f()
-    times = {s: [[], [], []] for s in shapes}
-    for _ in range(a.rounds):
-        for s, fs in fns.items():
-            for j, f in enumerate(fs):
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    f()
-                times[s][j].append((time.perf_counter() - t0) / 5 * 1e3)
-    med = {s: [statistics.median(v) for v in ts] for s, ts in times.items()}
+        products = [lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()), lambda g=g, w=w: torch.mm(g, w),
+                    lambda g=g, x=x: torch.mm(g.t(), x)]
+        for j, f in enumerate(products):
+            fns[(i, o, j)] = lambda f=f: [f() for _ in range(5)]
+    ms = median_ms(fns, a.rounds, per=5)
+    med = {(i, o): [ms[(i, o, j)] for j in range(3)] for i, o in shapes}
     lines = ["# fp32 matrix products at T1's odd widths and rounded up to a multiple of 8 (issue 8)", "",
              f"`python benchmarks/gemm_alignment.py {' '.join(sys.argv[1:])}`", "",
              f"Machine: {json.dumps(machine())}. Batch {a.batch}, ms per product, medians of {a.rounds} "
@@ -63,10 +53,7 @@ def main() -> None:
             m = med[(i, o)]
             lines.append(f"| {i}x{o} | {m[0]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {sum(m):.2f} | "
                          f"{3 * 2 * a.batch * i * o / sum(m) / 1e6:.0f} |")
-    out = RESULTS / "profile" / f"gemm_alignment_{torch.backends.cpu.get_cpu_capability().lower()}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_isa_result("gemm_alignment", lines)
 
 if __name__ == "__main__":
     main()

@@ -358,8 +358,15 @@ def test_cross_v2_in_fp32_at_any_width_matches_the_textbook_expression(d, grad):
 def test_cross_v2_padding_is_taken_only_for_odd_widths_outside_autocast(monkeypatch):
     """The padded path is what runs for an odd fp32 width (so the test above exercises it), and only then."""
     calls = []
-    original = CrossNetV2._padded_forward
-    monkeypatch.setattr(CrossNetV2, "_padded_forward", lambda self, x0, pad: calls.append(pad) or original(self, x0, pad))
+    original = CrossNetV2._fp32_padding
+
+    def spy(self, x0):
+        pad = original(self, x0)
+        if pad:
+            calls.append(pad)
+        return pad
+
+    monkeypatch.setattr(CrossNetV2, "_fp32_padding", spy)
     CrossNetV2(13, 2)(torch.randn(4, 13))
     CrossNetV2(16, 2)(torch.randn(4, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -44,28 +44,27 @@ class CrossNetV2(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
 
     def forward(self, x0: Tensor) -> Tensor:  # (B, d) -> (B, d)
-        pad = -x0.shape[1] % FP32_ALIGN
-        if pad and self.layers and not torch.is_autocast_enabled(x0.device.type):
-            return self._padded_forward(x0, pad)
+        pad = self._fp32_padding(x0)
+        if pad:
+            # x0 widened by zero columns and each W_l, b_l by zero rows and columns (copies of the parameters,
+            # so their shapes and gradients stay d x d): the extra coordinates stay exactly zero (x0 is zero
+            # there), so the first d columns are the unpadded result
+            x0 = F.pad(x0, (0, pad))
         x = x0
         for layer in self.layers:
-            # under bf16 autocast the layer gives bf16 and x0 is fp32: a mixed-dtype multiply takes PyTorch's
-            # slow casting path, so the product is cast first (the same fp32 values) and the sum written into
-            # it; without autograd the cast's fresh output takes the product too
-            h = layer(x).to(x0.dtype)
+            h = (F.linear(x, F.pad(layer.weight, (0, pad, 0, pad)), F.pad(layer.bias, (0, pad))) if pad
+                 # under bf16 autocast the layer gives bf16 and x0 is fp32: a mixed-dtype multiply takes
+                 # PyTorch's slow casting path, so the product is cast first (the same fp32 values) and the
+                 # sum written into it; without autograd the cast's fresh output takes the product too
+                 else layer(x).to(x0.dtype))
             x = (h.mul_(x0) if not torch.is_grad_enabled() else x0 * h).add_(x)
-        return x
+        return x[:, :-pad] if pad else x
 
-    def _padded_forward(self, x0: Tensor, pad: int) -> Tensor:
-        """The same recursion on x0 widened by ``pad`` zero columns and each W_l, b_l by zero rows and
-        columns (copies of the parameters, so their shapes and gradients stay d x d): the extra
-        coordinates stay exactly zero (x0 is zero there), so the first d columns are the unpadded result."""
-        x0 = F.pad(x0, (0, pad))
-        x = x0
-        for layer in self.layers:
-            h = F.linear(x, F.pad(layer.weight, (0, pad, 0, pad)), F.pad(layer.bias, (0, pad)))
-            x = (h.mul_(x0) if not torch.is_grad_enabled() else x0 * h).add_(x)
-        return x[:, :-pad]
+    def _fp32_padding(self, x0: Tensor) -> int:
+        """Zero columns that round the width up to ``FP32_ALIGN``; 0 when aligned, without layers or under
+        autocast (whose bf16 kernels were not measured at these widths)."""
+        pad = -x0.shape[1] % FP32_ALIGN
+        return pad if pad and self.layers and not torch.is_autocast_enabled(x0.device.type) else 0
 
 
 class LowRankCrossNet(nn.Module):

@@ -76,6 +76,9 @@ class MLP(nn.Module):
             layers.append(nn.Linear(d, out_dim))
             d = out_dim
         self.net = nn.Sequential(*layers)
+        # Linear layers followed directly by a ReLU: the pairs linear_relu may run as one kernel
+        self._fused_linear_at = frozenset(i for i in range(len(layers) - 1)
+                                          if isinstance(layers[i], nn.Linear) and isinstance(layers[i + 1], nn.ReLU))
         self.out_dim = d
         if xavier_init:  # FuxiCTR's initialisation: xavier-normal weights, zero biases
             for m in self.net:
@@ -84,14 +87,12 @@ class MLP(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_dim) -> (B, out_dim)
-        layers = list(self.net)
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if isinstance(layer, nn.Linear) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-                x = linear_relu(layer, x)
-                i += 2
+        skip_relu = False
+        for i, layer in enumerate(self.net):
+            if skip_relu:
+                skip_relu = False
+            elif i in self._fused_linear_at:
+                x, skip_relu = linear_relu(layer, x), True
             else:
                 x = layer(x)
-                i += 1
         return x
