@@ -62,8 +62,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--index", default="ivf_flat", help="ANN index of the two-tower channel")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                    help="ranking forward (rank_export.md); auto: bf16 where train.precision auto would pick it")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                    help="ranking forward (rank_export.md, int8_scoring_*.md); auto: bf16 where train.precision "
+                         "auto would pick it, else fp32")
     ap.add_argument("--funnel-threads", type=int, default=None)
     ap.add_argument("--processes", type=int, default=2, help="funnel worker processes of the server")
     ap.add_argument("--out", type=Path, default=None)
@@ -85,15 +86,16 @@ def main() -> None:
     if args.rebuild or not (recall / "result.json").exists():
         sh(UNTWINE, "recall", "configs/serving/sim100k_recall.yaml", "train.threads=2", "train.progress=false",
            "--run-dir", str(recall))
-    if args.rebuild or not (BUNDLE / "manifest.json").exists():
-        sh(UNTWINE, "export", str(recall), str(rank), "-o", str(BUNDLE), "--set", f"index.kind={args.index}",
+    bundle = BUNDLE if args.precision in ("auto", "bf16", "fp32") else RUNS / f"bundle-sim100k-{args.precision}"
+    if args.rebuild or not (bundle / "manifest.json").exists():
+        sh(UNTWINE, "export", str(recall), str(rank), "-o", str(bundle), "--set", f"index.kind={args.index}",
            "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",
            "--set", "rerank.depth=50", "--set", f"rank_precision={args.precision}")
-    elif json.loads((BUNDLE / "pipeline.json").read_text())["rank_precision"] != args.precision:
-        raise SystemExit(f"{BUNDLE} was exported with another rank_precision; pass --rebuild")
+    elif json.loads((bundle / "pipeline.json").read_text())["rank_precision"] != args.precision:
+        raise SystemExit(f"{bundle} was exported with another rank_precision; pass --rebuild")
     REQUESTS.write_text(json.dumps(request_bodies(args.requests, args.k)))
     # the reload swaps in another bundle (re-ranking 40 deep instead of 50: another id, same models)
-    second = RUNS / "bundle-sim100k-b"
+    second = bundle.with_name(bundle.name + "-b") if bundle != BUNDLE else RUNS / "bundle-sim100k-b"
     if args.rebuild or not (second / "manifest.json").exists():
         sh(UNTWINE, "export", str(recall), str(rank), "-o", str(second), "--set", f"index.kind={args.index}",
            "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",
@@ -101,7 +103,7 @@ def main() -> None:
     if args.build_only:
         return
     out = args.out or REPO / "benchmarks" / "results" / "serving"
-    base = [sys.executable, "benchmarks/loadtest.py", "--bundle", str(BUNDLE), "--requests", str(REQUESTS),
+    base = [sys.executable, "benchmarks/loadtest.py", "--bundle", str(bundle), "--requests", str(REQUESTS),
             "--duration", str(args.duration), "--processes", str(args.processes)]
     if args.funnel_threads:
         base += ["--funnel-threads", str(args.funnel_threads)]

@@ -251,3 +251,32 @@ def test_fork_server_preloads_the_main_module_by_name(monkeypatch):
     assert _main_module() == "untwine.serving.server"
     main.__spec__ = None
     assert _main_module() == "__main__"
+
+
+@pytest.mark.parametrize("precision, atol", [("bf16", 0.02), ("int8", 0.02)])
+def test_rank_precision_scores_near_the_fp32_bundle(bundle_env, tmp_path, monkeypatch, precision, atol):
+    """A bundle exported with rank_precision bf16 / int8 scores with the ranker in that format (the fp32
+    ranker kept beside it) and lands near the fp32 bundle's scores. The test model is narrower than
+    INT8_MIN_WIDTH, so the width floor is lowered to quantize its cross and MLP layers."""
+    import untwine.nn.quantize as quantize
+    from untwine.nn.quantize import Int8Linear, int8_available
+
+    if precision == "int8" and not int8_available():
+        pytest.skip("this torch build has no FBGEMM int8 linear")
+    monkeypatch.setattr(quantize, "INT8_MIN_WIDTH", 8)
+    root, bundle, _ = bundle_env
+    fp32 = BundleFunnel.load(bundle)
+    other = export_bundle([root / "recall", root / "rank"], tmp_path / "b",
+                          {"recall_total": 60, "prerank_size": 40, "index": {"kind": "flat"},
+                           "quotas": {"two_tower": 30, "itemcf": 10, "popularity": 10, "coldstart": 10},
+                           "rank_precision": precision}, log=lambda *_: None)
+    funnel = BundleFunnel.load(other)
+    int8_layers = [m for m in funnel.scorer.modules() if isinstance(m, Int8Linear)]
+    assert (len(int8_layers) > 0) == (precision == "int8")
+    assert not any(isinstance(m, Int8Linear) for m in funnel.ranker.modules())
+    req = ScoreRequest(user=_request_user(funnel), history=list(funnel.item_ids[30:35]), items=list(funnel.item_ids[:40]))
+    want, got = np.array(fp32.score(req).scores), np.array(funnel.score(req).scores)
+    assert np.abs(got - want).max() < atol
+    assert not np.array_equal(got, want)  # really another format
+    out = funnel.recommend(RecommendRequest(user=req.user, history=req.history, k=5))
+    assert len(out.items) == 5

@@ -62,9 +62,13 @@ class CrossNetV2(nn.Module):
 
     def _fp32_padding(self, x0: Tensor) -> int:
         """Zero columns that round the width up to ``FP32_ALIGN``; 0 when aligned, without layers or under
-        autocast (whose bf16 kernels were not measured at these widths)."""
+        autocast (whose bf16 kernels were not measured at these widths), and for layers that are not fp32
+        ``nn.Linear`` (a scoring copy's int8 layers, nn/quantize.py)."""
         pad = -x0.shape[1] % FP32_ALIGN
-        return pad if pad and self.layers and not torch.is_autocast_enabled(x0.device.type) else 0
+        if not pad or not self.layers or torch.is_autocast_enabled(x0.device.type):
+            return 0
+        first = self.layers[0]
+        return pad if isinstance(first, nn.Linear) and first.weight.dtype == torch.float32 else 0
 
 
 class LowRankCrossNet(nn.Module):

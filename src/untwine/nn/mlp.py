@@ -24,14 +24,14 @@ def _onednn_linear_relu_available() -> bool:
         return False
 
 
-def linear_relu(layer: nn.Linear, x: Tensor) -> Tensor:
+def linear_relu(layer: nn.Module, x: Tensor) -> Tensor:
     """``relu(layer(x))``. Scoring on CPU in fp32 (no autograd, no autocast) goes through oneDNN's fused
     kernel: MKL's linear then a separate ReLU pass took 1.06-1.19x longer in T1 scoring passes on 2 AVX2 cores
     (benchmarks/results/profile/mlp_fused_ab_avx2.md). Training keeps MKL and autograd's backward: the fused
     forward under a custom backward gave no training gain there (0.96-1.06x). Only for batches of at least
     ``FUSED_MIN_ROWS``: at serving's 500 candidates on one thread it was no faster (2.18 against 2.01 ms at
-    400 x 400)."""
-    if (not torch.is_grad_enabled() and x.dim() == 2 and x.shape[0] >= FUSED_MIN_ROWS
+    400 x 400). Other layers (a scoring copy's ``Int8Linear``, nn/quantize.py) run as they are."""
+    if (isinstance(layer, nn.Linear) and not torch.is_grad_enabled() and x.dim() == 2 and x.shape[0] >= FUSED_MIN_ROWS
             and x.device.type == "cpu" and x.dtype == torch.float32
             and layer.bias is not None and layer.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and _onednn_linear_relu_available()):

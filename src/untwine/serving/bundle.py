@@ -55,9 +55,11 @@ class PipelineConfig(BaseModel):
     promoted_feature: str | None = None  # item column, truthy = promoted (the one-per-window rule)
     rerank: RerankConfig = RerankConfig(k=20, depth=50)
     rerank_pool: int = Field(100, ge=1)  # the ranked head re-rank chooses from (at least 2 k)
-    # bf16 autocast of the ranking forward: about 2x faster on CPUs with avx512_bf16 (benchmarks/results/
-    # serving), scores within bf16 rounding of fp32; fp32 by default so bundle scores equal the run's
-    rank_precision: Literal["fp32", "bf16"] = "fp32"
+    # the ranking forward's number format (nn/quantize.py): bf16 about 2x faster than fp32 on CPUs with
+    # avx512_bf16, scores within bf16 rounding; int8 (FBGEMM, VNNI) faster again, scores within int8
+    # rounding and slightly dependent on the other candidates of the request (benchmarks/results/serving);
+    # fp32 by default so bundle scores equal the run's
+    rank_precision: Literal["fp32", "bf16", "int8"] = "fp32"
     index: IndexConfig = IndexConfig(kind="ivf_flat", nprobe=32, threads=1)  # benchmarks/results/retrieval/ann.md
     history_feature: str | None = None  # the user-side sequence fed from the request's history (auto)
 

@@ -34,6 +34,7 @@ from untwine.data.encode import encode_features, load_vocabs
 from untwine.data.record import encode_record
 from untwine.data.loader import SplitArrays, column_index, make_batch
 from untwine.data.vocab import MISSING
+from untwine.nn.quantize import scoring_copy
 from untwine.train.run import load_run
 from untwine.rerank.pipeline import rerank
 from untwine.retrieval.data import fill_missing_columns
@@ -181,12 +182,13 @@ class BundleFunnel:
         if (root / "rank").exists():
             self.ranker, self.rank_space, rank_vocabs = _load_model(root / "rank")
             self.rank_rows = RowEncoder(self.rank_space, rank_vocabs, self.catalogue, shared_user_keys(self.ranker))
+            self.scorer = scoring_copy(self.ranker, cfg.rank_precision)  # the ranker in the pipeline's format
             tasks = self.rank_space.schema.task_names
             self.rank_task = cfg.rank_task or tasks[0]
             if self.rank_task not in tasks:
                 raise ValueError(f"pipeline rank_task {self.rank_task!r} is not a task of the ranking model {tasks}")
         else:
-            self.ranker, self.rank_space, self.rank_rows, self.rank_task = None, None, None, None
+            self.ranker, self.rank_space, self.rank_rows, self.rank_task, self.scorer = None, None, None, None, None
         # the same features (labels may differ: the ranker may train on fewer tasks) and byte-identical
         # vocabularies, as when both runs encoded one dataset: one encoded request row serves both models
         self.shared_schema = self.rank_space is not None and _features_view(self.rank_space) == _features_view(self.tower_space)
@@ -378,7 +380,7 @@ class BundleFunnel:
         user_row = self.rank_rows.user_row(table) if row is None else row
         batch = self.rank_rows.batch(user_row, rows, extra)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.rank_precision == "bf16"):
-            logits = self.ranker(batch)[self.rank_task]
+            logits = self.scorer(batch)[self.rank_task]
         return torch.sigmoid(logits.float()).numpy()
 
     def score(self, req: ScoreRequest) -> ScoreResponse:
