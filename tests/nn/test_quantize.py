@@ -81,12 +81,14 @@ def test_scoring_copy_formats():
         scoring_copy(model, "fp16")
 
 
-def test_int8_mlp_is_the_int8_layers_composed():
-    """The MLP's fused-ReLU dispatch must hand an Int8Linear through as a plain layer."""
+@pytest.mark.parametrize("rows", [500, 4096])  # below and above FUSED_MIN_ROWS (the fp32 fused path's floor)
+def test_int8_mlp_is_the_int8_layers_composed(rows):
+    """The MLP runs each Int8Linear + ReLU pair as one fused kernel: the same values as the layer, then a ReLU."""
     torch.manual_seed(2)
     mlp = MLP(64, (64, 64)).eval()
     q = scoring_copy(mlp, "int8")
-    x = torch.randn(4096, 64)  # above FUSED_MIN_ROWS: the fp32 fused path would apply to nn.Linear
+    x = torch.randn(rows, 64)
     with torch.inference_mode():
         expected = torch.relu(q.net[2](torch.relu(q.net[0](x))))
         assert torch.equal(q(x), expected)
+        assert torch.equal(q.net[0](x, relu=True), torch.relu(q.net[0](x)))

@@ -30,12 +30,14 @@ def linear_relu(layer: nn.Module, x: Tensor) -> Tensor:
     (benchmarks/results/profile/mlp_fused_ab_avx2.md). Training keeps MKL and autograd's backward: the fused
     forward under a custom backward gave no training gain there (0.96-1.06x). Only for batches of at least
     ``FUSED_MIN_ROWS``: at serving's 500 candidates on one thread it was no faster (2.18 against 2.01 ms at
-    400 x 400). Other layers (a scoring copy's ``Int8Linear``, nn/quantize.py) run as they are."""
+    400 x 400). A layer with ``fuses_relu`` (a scoring copy's ``Int8Linear``, nn/quantize.py) applies the ReLU itself."""
     if (isinstance(layer, nn.Linear) and not torch.is_grad_enabled() and x.dim() == 2 and x.shape[0] >= FUSED_MIN_ROWS
             and x.device.type == "cpu" and x.dtype == torch.float32
             and layer.bias is not None and layer.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and _onednn_linear_relu_available()):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), layer.weight, layer.bias, "relu", [None], "")
+    if getattr(layer, "fuses_relu", False):
+        return layer(x, relu=True)
     return torch.relu(layer(x))
 
 

@@ -61,6 +61,8 @@ class Int8Linear(nn.Module):
         True
     """
 
+    fuses_relu = True  # MLP's linear_relu calls forward(x, relu=True)
+
     def __init__(self, packed: torch.ScriptObject, in_features: int, out_features: int, reduce_range: bool) -> None:
         super().__init__()
         self._packed = packed
@@ -81,12 +83,13 @@ class Int8Linear(nn.Module):
         return cls(packed, layer.in_features, layer.out_features,
                    not _cpu_has_vnni() if reduce_range is None else reduce_range)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """``layer(x)``, or ``relu(layer(x))`` in the same kernel (the MLP's Linear + ReLU pairs)."""
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("Int8Linear is for scoring only: it has no backward")
         lead = x.shape[:-1]
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features).float().contiguous(),
-                                               self._packed, reduce_range=self.reduce_range)
+        op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
+        y = op(x.reshape(-1, self.in_features).float().contiguous(), self._packed, reduce_range=self.reduce_range)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

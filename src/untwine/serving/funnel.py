@@ -174,6 +174,7 @@ class BundleFunnel:
         self.item_key = recall_meta.get("item_key") or default_item
         self.item_ids = np.asarray(self.catalogue.column(self.item_key).to_pylist(), dtype=object).astype(str)
         self.index_of = {k: i for i, k in enumerate(self.item_ids)}
+        self._column_strings: dict[str, list[str]] = {}  # catalogue column -> its values as request strings
         self.item_vectors = load_numpy(str(recall / "item_vectors.safetensors"))["vectors"]
         self.index = load_index(root, cfg.index)
         self.channels = {p.stem: load_channel(recall / "channels", p.stem)
@@ -297,8 +298,12 @@ class BundleFunnel:
         i = self.index_of.get(item_id)
         if i is None or column not in self.catalogue.column_names:
             return MISSING  # an empty string would vanish from the joined list and misalign the sequence
-        v = self.catalogue.column(column)[i].as_py()
-        return MISSING if v is None else str(v)
+        values = self._column_strings.get(column)
+        if values is None:  # once per column (a pyarrow scalar per history item cost ~20 us each); two threads
+            # racing here build the same list
+            values = self._column_strings[column] = [MISSING if v is None else str(v)
+                                                     for v in self.catalogue.column(column).to_pylist()]
+        return values[i]
 
     def _known(self, ids: list[str]) -> np.ndarray:
         return np.array([self.index_of[i] for i in ids if i in self.index_of], dtype=np.int64)
