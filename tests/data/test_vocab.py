@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from untwine.data.vocab import MISSING, OOV, PAD, CountAccumulator, Vocab, fnv1a64
+from untwine.data.vocab import MISSING, OOV, PAD, CountAccumulator, Vocab, fnv1a64, fnv1a64_text
 
 
 def naive_fnv1a64(s: str) -> int:
@@ -18,6 +18,12 @@ def test_fnv1a64_matches_reference_and_published_vectors():
     assert got == [naive_fnv1a64(v) for v in values]
     assert got[1] == 0xAF63DC4C8601EC8C  # FNV-1a 64 test vector for "a"
     assert got[2] == 0x85944171F73967E8  # ... and for "foobar"
+
+
+def test_fnv1a64_of_one_text_equals_the_vectorised_hash():
+    values = ["", "a", "foobar", "ünïcode", "x" * 40, "12345", None]
+    assert [fnv1a64_text(v) for v in values] == fnv1a64(pa.array(values, pa.string())).tolist()
+    assert fnv1a64_text(None) == fnv1a64_text(MISSING)
 
 
 def test_fnv1a64_on_sliced_arrays():

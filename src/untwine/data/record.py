@@ -20,7 +20,7 @@ import pyarrow as pa
 from untwine.core.features import FeatureSpace
 from untwine.data.encode import normalise
 from untwine.data.readers import BadInputError
-from untwine.data.vocab import MISSING, OOV, Vocab, fnv1a64
+from untwine.data.vocab import MISSING, OOV, Vocab, fnv1a64_text
 
 
 def _text(record: dict, column: str, delimiter: str | None, where: str) -> str | None:
@@ -106,7 +106,7 @@ def encode_record(record: dict, space: FeatureSpace, vocabs: dict[str, Vocab], w
             raise BadInputError(f"{where}: column {f.source!r}: expected a list of numbers, found {v[:3]!r}") from None
     if schema.group_key:
         key = _text(record, schema.group_key, None, where)
-        out["groups"] = fnv1a64(pa.array([key], pa.string())).view(np.int64)
+        out["groups"] = np.array([fnv1a64_text(key)], dtype=np.uint64).view(np.int64)
     if schema.timestamp:
         t = _number(record, schema.timestamp, where)
         if not math.isfinite(t) or t != int(t):

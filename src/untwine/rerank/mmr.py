@@ -59,24 +59,29 @@ def mmr(relevance: ArrayLike, k: int, *, embeddings: ArrayLike | None = None,
     if normalize_relevance:
         rel = min_max_scale(rel)
     n_select = min(k, len(rel))
-    available = np.ones(len(rel), dtype=bool)
     # -inf, not 0: cosines can be negative and the max over the selected items must not be clipped
     running_max = np.full(len(rel), -np.inf)
     recent_rows: list[np.ndarray] = []
-    chosen: list[int] = []
-    for _ in range(n_select):
-        penalty = _redundancy(running_max, recent_rows, window, has_selection=bool(chosen))
-        score = np.where(available, lam * rel - (1.0 - lam) * penalty, -np.inf)
-        j = int(np.argmax(score))
-        chosen.append(j)
-        available[j] = False
+    chosen = np.empty(n_select, dtype=np.int64)
+    # lam * rel - (1 - lam) * penalty, written into one buffer per step (the same values as computing it
+    # afresh): the loop runs per request, over ~100 candidates, where numpy's per-call cost dominates
+    lam_rel, weight, score = lam * rel, 1.0 - lam, np.empty_like(rel)
+    for step in range(n_select):
+        if step == 0:
+            score[:] = lam_rel  # nothing selected: no redundancy
+        else:
+            np.multiply(_redundancy(running_max, recent_rows, window, has_selection=True), weight, out=score)
+            np.subtract(lam_rel, score, out=score)
+        score[chosen[:step]] = -np.inf
+        j = int(score.argmax())
+        chosen[step] = j
         row = sims.row(j)
         if window is None:
             np.maximum(running_max, row, out=running_max)
         else:
             recent_rows.append(row)
             del recent_rows[:-window]  # only the last `window` rows can ever matter again
-    return np.asarray(chosen, dtype=np.int64)
+    return chosen
 
 
 def _redundancy(running_max: np.ndarray, recent_rows: list[np.ndarray], window: int | None,

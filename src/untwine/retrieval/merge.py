@@ -100,6 +100,10 @@ def merge_channels(results: Mapping[str, tuple[np.ndarray, np.ndarray]], quotas:
         parts_scores.append(sc[pos])
         n_taken += len(pos)
         cursor[c] = int(pos[-1]) + 1 if len(pos) == budget else len(ids)
+    if parts_items and n_taken >= total:  # the quotas filled it (the usual request): no round-robin, no Python lists
+        return MergedCandidates(items=np.concatenate(parts_items).astype(np.int64, copy=False),
+                                channels=np.concatenate(parts_chan),
+                                scores=np.concatenate(parts_scores).astype(np.float32, copy=False), channel_names=order)
     items: list[int] = np.concatenate(parts_items).tolist() if parts_items else []
     chan: list[int] = np.concatenate(parts_chan).tolist() if parts_chan else []
     scores: list[float] = np.concatenate(parts_scores).tolist() if parts_scores else []
