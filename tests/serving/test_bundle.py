@@ -280,3 +280,4 @@ def test_rank_precision_scores_near_the_fp32_bundle(bundle_env, tmp_path, monkey
     assert not np.array_equal(got, want)  # really another format
     out = funnel.recommend(RecommendRequest(user=req.user, history=req.history, k=5))
     assert len(out.items) == 5
+    assert funnel.describe()["rank_precision"] == precision and fp32.describe()["rank_precision"] == "fp32"

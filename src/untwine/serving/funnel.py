@@ -262,6 +262,7 @@ class BundleFunnel:
         return {"items": len(self.item_ids), "channels": [TWO_TOWER, *self.channels], "quotas": self.quotas,
                 "models": {"recall": TWO_TOWER,
                            "rank": None if self.ranker is None else type(self.ranker).__name__},
+                "rank_precision": None if self.ranker is None else self.config.rank_precision,
                 "index": self.config.index.kind, "bundle": self.bundle_id}
 
     # ---- request encoding
