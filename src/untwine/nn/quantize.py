@@ -19,7 +19,6 @@ The model passed in is never modified: serving keeps the fp32 model for ``/score
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from typing import Literal
 
@@ -30,18 +29,14 @@ ScoringPrecision = Literal["fp32", "bf16", "int8"]
 INT8_MIN_WIDTH = 64
 
 
-@functools.lru_cache(maxsize=None)
 def _cpu_has_vnni() -> bool:
     """AVX-512 VNNI accumulates u8 x s8 products straight into int32; without it FBGEMM sums pairs in int16,
     which can saturate on full-range (8-bit) activations, so activations then use 7 bits (reduce_range)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # cpuinfo's flags, as torch reads them
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512_vnni" in line.split() or "avx_vnni" in line.split()
-    except OSError:
-        pass
-    return False
+        return bool(capabilities().get("avx512_vnni", False)) if capabilities is not None else False
+    except RuntimeError:
+        return False
 
 
 def int8_available() -> bool:
