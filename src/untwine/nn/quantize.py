@@ -9,9 +9,10 @@ the format of their products sets the scoring cost:
 - ``int8``: each Linear whose input and output are at least ``INT8_MIN_WIDTH`` wide becomes an
   :class:`Int8Linear` (FBGEMM's dynamic quantization: int8 weights per output channel, activations
   quantized per call from the batch's range, int32 accumulation, fp32 output), run without autocast.
-  On AVX-512 VNNI about 1.6x the bf16 rate at serving's shapes. The activation range is the batch's, so a
-  row's score moves slightly with the rows beside it (about 1e-2 relative on a layer's output; bf16 is a
-  few 1e-3, batch-independent). Narrow layers (heads, small projections) stay fp32: quantizing a
+  On AVX-512 VNNI its products run at about 1.6x the bf16 rate, a whole ranking forward of 500
+  candidates at 1.16-1.37x (benchmarks/results/profile/int8_scoring_avx512.md). The activation range is the
+  batch's, so a row's score moves slightly with the rows beside it (a layer's output within about 1e-2
+  relative of fp32; bf16 a few 1e-3, batch-independent). Narrow layers (heads, small projections) stay fp32: quantizing a
   1-wide output would put its rounding directly on the logit for no speed.
 
 The model passed in is never modified: serving keeps the fp32 model for ``/score`` parity checks.
