@@ -11,9 +11,9 @@ processes is free (``concurrent.futures.ProcessPoolExecutor``: a shared call que
 the bundle once (hashes verified, warmed up) and answers with the response as JSON text; requests go
 to it as JSON text too, so nothing but strings and exceptions crosses the process boundary.
 
-Why the executor, whose feeder and manager threads cost the HTTP process 276-360 us of CPU per request
-with both cores busy: a variant without them (one pipe per worker, written and read on the event loop,
-63-72 us) served 9-14% fewer requests per second at concurrency 8 in three interleaved pairs, because a
+Why the executor, whose feeder and manager threads cost the parent 276-360 us of CPU per round trip in a
+microbenchmark with both cores busy: a variant without them (one pipe per worker, written and read on
+the event loop, 63-72 us there) served 9-14% fewer requests per second at concurrency 8 in three interleaved pairs, because a
 worker that answered then idles until the busy HTTP process gets a core to hand it the next request; the
 executor's shared call queue already holds one for it.
 
