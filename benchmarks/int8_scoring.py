@@ -76,7 +76,7 @@ def speed(run: Path, rounds: int) -> dict:
     from untwine.train.run import load_run, run_split_loader
 
     cfg, space, model = load_run(run)
-    res = {}
+    res, previous = {}, torch.get_num_threads()
     for batch, threads in ((500, 1), (4096, 2)):
         torch.set_num_threads(threads)
         b = next(iter(run_split_loader(run, cfg, space, "test", batch_size=batch)))
@@ -92,7 +92,7 @@ def speed(run: Path, rounds: int) -> dict:
 
         times = median_ms({p: forward(p) for p in PRECISIONS}, rounds)
         res[f"{batch} rows, {threads} thread{'s' if threads > 1 else ''}"] = times
-    torch.set_num_threads(2)
+    torch.set_num_threads(previous)
     return res
 
 

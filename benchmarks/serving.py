@@ -32,6 +32,11 @@ REQUESTS = RUNS / "requests-sim100k.json"
 USER_COLUMNS = ("user_id", "age", "gender", "city_tier", "hour", "weekday", "position", "impression_ts")
 
 
+def bundle_path(precision: str) -> Path:
+    """The benchmark's bundle for a ranking format: fp32 / bf16 (what ``auto`` picks) share the first name."""
+    return BUNDLE if precision in ("auto", "bf16", "fp32") else RUNS / f"bundle-sim100k-{precision}"
+
+
 def sh(*cmd: str) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -86,7 +91,7 @@ def main() -> None:
     if args.rebuild or not (recall / "result.json").exists():
         sh(UNTWINE, "recall", "configs/serving/sim100k_recall.yaml", "train.threads=2", "train.progress=false",
            "--run-dir", str(recall))
-    bundle = BUNDLE if args.precision in ("auto", "bf16", "fp32") else RUNS / f"bundle-sim100k-{args.precision}"
+    bundle = bundle_path(args.precision)
     if args.rebuild or not (bundle / "manifest.json").exists():
         sh(UNTWINE, "export", str(recall), str(rank), "-o", str(bundle), "--set", f"index.kind={args.index}",
            "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",
@@ -95,7 +100,7 @@ def main() -> None:
         raise SystemExit(f"{bundle} was exported with another rank_precision; pass --rebuild")
     REQUESTS.write_text(json.dumps(request_bodies(args.requests, args.k)))
     # the reload swaps in another bundle (re-ranking 40 deep instead of 50: another id, same models)
-    second = bundle.with_name(bundle.name + "-b") if bundle != BUNDLE else RUNS / "bundle-sim100k-b"
+    second = bundle.with_name(bundle.name + "-b")
     if args.rebuild or not (second / "manifest.json").exists():
         sh(UNTWINE, "export", str(recall), str(rank), "-o", str(second), "--set", f"index.kind={args.index}",
            "--set", "recall_total=1000", "--set", "prerank_size=500", "--set", f"rerank.k={args.k}",

@@ -18,11 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write_json  # noqa: E402
+from serving import REPO, REQUESTS, RUNS, bundle_path  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RUNS = REPO / "runs" / "serving"
-BUNDLES = {"bf16": RUNS / "bundle-sim100k", "int8": RUNS / "bundle-sim100k-int8"}
-REQUESTS = RUNS / "requests-sim100k.json"
+BUNDLES = {name: bundle_path(name) for name in ("bf16", "int8")}
 
 
 def load_test(bundle: Path, duration: float, out: Path) -> dict:
@@ -44,7 +42,7 @@ def main() -> None:
         if got != name:
             raise SystemExit(f"{bundle} ranks in {got}, not {name}: python benchmarks/serving.py --build-only --precision {name}")
     isa = torch.backends.cpu.get_cpu_capability().lower()
-    work = REPO / "runs" / "serving" / "precision_ab"
+    work = RUNS / "precision_ab"
     runs: dict[str, list[dict]] = {name: [] for name in BUNDLES}
     for r in range(args.rounds):
         for name, bundle in BUNDLES.items():

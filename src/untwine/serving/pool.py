@@ -13,9 +13,9 @@ to it as JSON text too, so nothing but strings and exceptions crosses the proces
 
 Why the executor, whose feeder and manager threads cost the parent 276-360 us of CPU per round trip in a
 microbenchmark with both cores busy: a variant without them (one pipe per worker, written and read on
-the event loop, 63-72 us there) served 9-14% fewer requests per second at concurrency 8 in three interleaved pairs, because a
-worker that answered then idles until the busy HTTP process gets a core to hand it the next request; the
-executor's shared call queue already holds one for it.
+the event loop, 63-72 us there) served 9-14% fewer requests per second at concurrency 8 in three
+interleaved pairs, because a worker that answered then idles until the busy HTTP process gets a core to
+hand it the next request; the executor's shared call queue already holds one for it.
 
 Workers fork from a fork server that has torch and the funnel imported (a fresh single-threaded process,
 so forking is safe), which halves a worker's start-up CPU. Reload: the app's loader builds a new pool
